@@ -1097,10 +1097,8 @@ def _resize_blocks(plan: Plan) -> dict[int, bytes]:
         gdt_off = (geo.desc_blocks + rsv_off) % apb
         gdt_blk = sb_blk + 1 + geo.desc_blocks + rsv_off
         _U32.pack_into(dind, 4 * gdt_off, gdt_blk)
-        buf = bytearray(bs)
-        for i, g in enumerate(backups[:apb]):
-            _U32.pack_into(buf, 4 * i, gdt_blk + g * geo.blocks_per_group)
-        out[gdt_blk] = bytes(buf)
+        targets = [gdt_blk + g * geo.blocks_per_group for g in backups[:apb]]
+        out[gdt_blk] = struct.pack(f"<{len(targets)}I", *targets).ljust(bs, b"\0")
     out[plan.resize_dind] = bytes(dind)
     return out
 
@@ -1251,7 +1249,9 @@ def write_plan(plan: Plan, dev: Device) -> int:
                 w.block(geo.group_first_block(g) + (1 if not (g == 0 and bs == 1024 and geo.first_data_block == 0) else 1) + index, data)
 
     counts = _GroupCounts(plan)
-    crc = crc32c_raw
+    from .csum import _crc32c as crc_c
+
+    seed_x = csum_seed ^ 0xFFFFFFFF
     u32 = _U32.pack
     pack_u16 = struct.Struct("<H").pack_into
     alloc = plan.flex(0)
@@ -1291,7 +1291,7 @@ def write_plan(plan: Plan, dev: Device) -> int:
         if metadata_csum:
             # The checksum field is still zero, so one pass over the descriptor is enough.
             view = memoryview(desc_block)[off : off + desc_size]
-            pack_u16(desc_block, off + 0x1E, crc(crc(csum_seed, u32(group)), view) & 0xFFFF)
+            pack_u16(desc_block, off + 0x1E, (crc_c(view, crc_c(u32(group), seed_x)) ^ 0xFFFF) & 0xFFFF)
         elif checksummer.enabled:
             view = memoryview(desc_block)[off : off + desc_size]
             pack_u16(desc_block, off + 0x1E, checksummer.compute(group, view))
@@ -1416,10 +1416,16 @@ def mkfs(
 
 
 def _prepare(dev: FileDevice, size_bytes: int, fs_bytes: int) -> None:
-    """Make the target read as zeros: a file is cut to nothing and regrown (all holes)."""
+    """Make the target read as zeros: a file is sized and its old contents punched out (holes).
+
+    An existing file is not truncated to zero first: on an ext4 host that makes
+    close() flush the file (auto_da_alloc), which costs more than punching.
+    """
     if dev.is_regular:
-        dev.truncate(0)
+        old = dev.size
         dev.truncate(size_bytes)
+        if old:
+            dev.zero_range(0, min(old, size_bytes))
     else:
         if dev.size < fs_bytes:
             raise InvalidOptions(f"device holds {dev.size} bytes, less than the {fs_bytes} the filesystem needs")
