@@ -68,29 +68,6 @@ class Geometry:
             backups = set(range(self.group_count))
         object.__setattr__(self, "_backups", frozenset(backups))
 
-    @classmethod
-    def from_superblock(cls, sb: object) -> Geometry:
-        from .superblock import Superblock
-
-        assert isinstance(sb, Superblock)
-        return cls(
-            block_size=sb.block_size,
-            blocks_count=sb.blocks_count,
-            first_data_block=sb["s_first_data_block"],
-            blocks_per_group=sb["s_blocks_per_group"],
-            inodes_per_group=sb["s_inodes_per_group"],
-            inode_size=sb.inode_size,
-            desc_size=sb.desc_size,
-            reserved_gdt_blocks=sb["s_reserved_gdt_blocks"] if sb.has_compat("resize_inode") else 0,
-            sparse_super=sb.has_ro_compat("sparse_super"),
-            sparse_super2=sb.has_compat("sparse_super2"),
-            backup_bgs=(sb["s_backup_bgs[0]"], sb["s_backup_bgs[1]"]),
-            meta_bg=sb.has_incompat("meta_bg"),
-            first_meta_bg=sb["s_first_meta_bg"],
-            log_groups_per_flex=sb["s_log_groups_per_flex"] if sb.has_incompat("flex_bg") else 0,
-            flex_bg=sb.has_incompat("flex_bg"),
-        )
-
     # ------------------------------------------------------------ counts
     @cached_property
     def group_count(self) -> int:

@@ -15,18 +15,25 @@ import os
 import struct
 import time as _time
 import uuid as _uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from . import _codecs as C
 from . import constants as K
 from .bitmap import Bitmap, RangeSet
 from .blockdev import Device, FileDevice
-from .csum import bitmap_csum, crc32c_raw, dir_block_csum, extent_block_csum, fs_seed, inode_seed, jbd2_superblock_csum
+from .csum import (
+    bitmap_csum,
+    crc32c_raw,
+    dir_block_csum,
+    extent_block_csum,
+    fs_seed,
+    inode_seed,
+    jbd2_superblock_csum,
+)
 from .errors import Ext4Error, InvalidOptions
-from .geometry import Geometry, sparse_backup_groups
+from .geometry import Geometry
 from .inode import Inode, set_checksum
 from .superblock import Superblock
 
@@ -535,8 +542,6 @@ class _Space:
             rs.add(s, e - s)
         for s, e in self.plan.extra.ranges_in(start, end):
             rs.add(s, e - s)
-        if group == 0 and geo.first_data_block:
-            pass
         return rs
 
     def first_free(self, goal: int) -> int:
@@ -591,8 +596,6 @@ class _Space:
         geo = self.geo
         flex = self.plan.flex(group)
         free = geo.group_blocks(group) - geo.super_and_desc(group).used
-        if group == 0 and geo.first_data_block == 0 and not geo.super_and_desc(0).super_block:
-            pass
         free -= flex.table_blocks_in(group) if self.plan.groups_per_flex > 1 else 2 + geo.inode_table_blocks
         return free - self.plan.extra_by_group.get(group, 0)
 
@@ -667,10 +670,8 @@ def make_plan(opts: MkfsOptions) -> Plan:
     space = _Space(plan)
 
     if journal_blocks:
-        free_total = sum(space.group_free(g) for g in _sample_groups(geo))
-        if opts.journal_blocks is not None and journal_blocks > _estimate_free(plan, space) // 2:
+        if opts.journal_blocks is not None and journal_blocks > _total_free_blocks(plan, space) // 2:
             raise InvalidOptions("journal size too big for this filesystem")
-        del free_total
 
     # Root directory: one block at the first free block of its flex group.
     goal = geo.group_first_block(0)
@@ -734,20 +735,6 @@ def make_plan(opts: MkfsOptions) -> Plan:
     plan.inode_usage[0] = (used_inodes, 2, geo.inodes_per_group - used_inodes)
     _fill_superblock(plan, extra_params["r_blocks"], space)
     return plan
-
-
-def _sample_groups(geo: Geometry) -> range:
-    return range(0, min(geo.group_count, 1))
-
-
-def _estimate_free(plan: Plan, space: _Space) -> int:
-    geo = plan.geo
-    total = geo.blocks_count - geo.first_data_block
-    per_group_meta = 2 + geo.inode_table_blocks
-    total -= per_group_meta * geo.group_count
-    for g in geo.backup_groups:
-        total -= geo.super_and_desc(g).used
-    return total
 
 
 def _midpoint_journal_block(plan: Plan, space: _Space) -> int:

@@ -9,6 +9,7 @@ from . import _codecs as C
 from . import constants as K
 from .csum import fs_seed, superblock_csum
 from .errors import ChecksumError, CorruptError, UnsupportedFeature
+from .geometry import Geometry
 
 _NAMES = C.SUPERBLOCK_FIELDS
 _INDEX = {name: i for i, name in enumerate(_NAMES)}
@@ -299,6 +300,26 @@ class Superblock:
         if bpg == 0:
             raise CorruptError("s_blocks_per_group is 0", where="superblock")
         return -(-(self.blocks_count - self["s_first_data_block"]) // bpg)
+
+    def geometry(self) -> Geometry:
+        """The group arithmetic this superblock describes (call validate() first)."""
+        return Geometry(
+            block_size=self.block_size,
+            blocks_count=self.blocks_count,
+            first_data_block=self["s_first_data_block"],
+            blocks_per_group=self["s_blocks_per_group"],
+            inodes_per_group=self["s_inodes_per_group"],
+            inode_size=self.inode_size,
+            desc_size=self.desc_size,
+            reserved_gdt_blocks=self["s_reserved_gdt_blocks"] if self.has_compat("resize_inode") else 0,
+            sparse_super=self.has_ro_compat("sparse_super"),
+            sparse_super2=self.has_compat("sparse_super2"),
+            backup_bgs=(self["s_backup_bgs[0]"], self["s_backup_bgs[1]"]),
+            meta_bg=self.has_incompat("meta_bg"),
+            first_meta_bg=self["s_first_meta_bg"],
+            log_groups_per_flex=self["s_log_groups_per_flex"] if self.has_incompat("flex_bg") else 0,
+            flex_bg=self.has_incompat("flex_bg"),
+        )
 
     # ------------------------------------------------------------ validate
     def validate(self, device_bytes: int | None = None) -> None:

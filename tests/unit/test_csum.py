@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyext4.csum import bitmap_csum, crc16, crc32c_raw, fs_seed, group_desc_csum_crc16, superblock_csum
+from pyext4.csum import bitmap_csum, crc16, crc32c_raw, group_desc_csum_crc16, superblock_csum
 from pyext4.groupdesc import GroupDesc
 from pyext4.superblock import Superblock
 from tests.conftest import mke2fs
