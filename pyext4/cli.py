@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -238,6 +237,220 @@ def mkfs_cmd(
             out.append(f"Journal: {plan.journal_blocks} blocks")
         out.append("Done.")
         click.echo("\n".join(out))
+
+
+# ============================================================ reading
+def _open_read(image: str, verify: str, allow_dirty: bool) -> Any:
+    import warnings
+
+    from .reader import Ext4Warning, Filesystem
+
+    warnings.simplefilter("default", Ext4Warning)
+    warnings.showwarning = _show_warning  # type: ignore[assignment]
+    return Filesystem.open(image, verify=verify, allow_needs_recovery=allow_dirty)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    click.echo(f"{PROG}: warning: {message}", err=True)
+
+
+_verify_option = click.option(
+    "--verify", type=click.Choice(["strict", "warn", "off"]), default="strict", show_default=True,
+    help="On a checksum mismatch: fail, warn and go on, or do not check.",
+)
+_dirty_option = click.option(
+    "--allow-needs-recovery", "allow_dirty", is_flag=True,
+    help="Read an image whose journal was not replayed, as it stands.",
+)
+
+
+def _human(n: int) -> str:
+    for unit in ("", "K", "M", "G", "T", "P"):
+        if n < 1024 or unit == "P":
+            return f"{n}{unit}" if unit == "" else f"{n:.1f}{unit}".replace(".0", "")
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+@main.command("info")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_verify_option
+@_dirty_option
+def info_cmd(image: str, as_json: bool, verify: str, allow_dirty: bool) -> None:
+    """Show the superblock summary (like dumpe2fs -h)."""
+    with _open_read(image, verify, allow_dirty) as fs:
+        info = fs.info()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if isinstance(value, list):
+            value = " ".join(value)
+        click.echo(f"{key + ':':<26}{value}")
+
+
+def _mode_string(mode: int) -> str:
+    import stat
+
+    return stat.filemode(mode)
+
+
+def _ls_line(st: Any, name: str, target: str | None) -> str:
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime_ns // 1_000_000_000))
+    size = f"{st.rdev_major}, {st.rdev_minor}" if (st.st_mode & 0o170000) in (0o020000, 0o060000) else str(st.st_size)
+    line = f"{_mode_string(st.st_mode)} {st.st_nlink:>3} {st.st_uid:>5} {st.st_gid:>5} {size:>10} {when} {name}"
+    if target is not None:
+        line += f" -> {target}"
+    return line
+
+
+@main.command("ls")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Long listing: mode, links, owner, size, time.")
+@click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
+@click.option("-a", "all_", is_flag=True, help="Also show '.' and '..' (ignored; for habit).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per entry).")
+@_verify_option
+@_dirty_option
+def ls_cmd(image: str, path: str, long: bool, recursive: bool, all_: bool, as_json: bool, verify: str,
+           allow_dirty: bool) -> None:
+    """List a directory of the image."""
+    import json
+
+    with _open_read(image, verify, allow_dirty) as fs:
+        st = fs.stat(path)
+        if not st.is_dir():
+            listings = [("", [(path.rsplit("/", 1)[-1] or path, fs.resolve(path))])]
+        else:
+            listings = []
+            if recursive:
+                for dirpath, _dirs, _files in fs.walk(path):
+                    listings.append((dirpath, [(e.name, e.ino) for e in sorted(fs.scandir(dirpath), key=lambda e: e.name)]))
+            else:
+                listings.append((path, [(e.name, e.ino) for e in sorted(fs.scandir(path), key=lambda e: e.name)]))
+        out = []
+        for dirpath, items in listings:
+            if recursive and not as_json:
+                out.append(f"{dirpath}:")
+            for name, ino in items:
+                st = fs.stat_ino(ino)
+                target = fs.readlink_ino(ino, fs.inode(ino)).decode("utf-8", "surrogateescape") if st.is_symlink() else None
+                if as_json:
+                    record = st.as_dict()
+                    record["name"] = name
+                    record["path"] = (dirpath.rstrip("/") + "/" + name) if dirpath else name
+                    if target is not None:
+                        record["target"] = target
+                    out.append(json.dumps(record, ensure_ascii=False, default=str))
+                elif long:
+                    out.append(_ls_line(st, name, target))
+                else:
+                    out.append(name)
+            if recursive and not as_json:
+                out.append("")
+        click.echo("\n".join(out).rstrip("\n"))
+
+
+@main.command("stat")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("-L", "follow", is_flag=True, help="Follow a final symlink.")
+@_verify_option
+@_dirty_option
+def stat_cmd(image: str, path: str, as_json: bool, follow: bool, verify: str, allow_dirty: bool) -> None:
+    """Show an inode's metadata."""
+    import json
+    import time
+
+    with _open_read(image, verify, allow_dirty) as fs:
+        ino = fs.resolve(path, follow=follow)
+        inode = fs.inode(ino)
+        st = fs.stat_ino(ino, inode)
+        record = st.as_dict()
+        record["path"] = path
+        if st.is_symlink():
+            record["target"] = fs.readlink_ino(ino, inode).decode("utf-8", "surrogateescape")
+        xattrs = fs.xattrs_ino(ino, inode)
+        record["xattrs"] = {k: v.decode("utf-8", "backslashreplace") for k, v in xattrs.items()}
+        record["extents"] = [[e.logical, e.physical, e.length, e.unwritten] for e in fs.extents_of(ino, inode)][:1000]
+    if as_json:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+
+    def when(ns: int) -> str:
+        sec, frac = divmod(ns, 1_000_000_000)
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec)) + f".{frac:09d} UTC"
+
+    lines = [
+        f"  File: {path}" + (f" -> {record['target']}" if "target" in record else ""),
+        f"  Size: {st.st_size:<12} Blocks: {st.st_blocks:<10} {record['type']}",
+        f" Inode: {st.st_ino:<12} Links: {st.st_nlink:<10} Flags: {st.st_flags:#x}  Generation: {st.st_generation}",
+        f"Access: ({st.st_mode & 0o7777:04o}/{_mode_string(st.st_mode)})  Uid: {st.st_uid}  Gid: {st.st_gid}",
+    ]
+    if st.st_rdev:
+        lines.append(f"Device: {st.rdev_major},{st.rdev_minor}")
+    lines += [
+        f"Access: {when(st.st_atime_ns)}",
+        f"Modify: {when(st.st_mtime_ns)}",
+        f"Change: {when(st.st_ctime_ns)}",
+        f" Birth: {when(st.st_birthtime_ns)}",
+    ]
+    for key, value in record["xattrs"].items():
+        lines.append(f" Xattr: {key}={value}")
+    click.echo("\n".join(lines))
+
+
+@main.command("cat")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@_verify_option
+@_dirty_option
+def cat_cmd(image: str, path: str, verify: str, allow_dirty: bool) -> None:
+    """Write a file's content to stdout (streamed; holes read as zeros)."""
+    out = click.get_binary_stream("stdout")
+    with _open_read(image, verify, allow_dirty) as fs, fs.open(path) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+    out.flush()
+
+
+@main.command("extract")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--path", "src_path", default="/", show_default=True, help="Directory or file of the image to extract.")
+@click.option("--same-owner/--no-same-owner", default=None,
+              help="Set owners from the image (default: when root), as tar does.")
+@click.option("-p", "--preserve-permissions", "preserve", is_flag=True, default=None,
+              help="Keep setuid/setgid bits even when not root.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files in DEST.")
+@click.option("--no-xattrs", is_flag=True, help="Do not copy extended attributes.")
+@click.option("-q", "quiet", is_flag=True, help="Do not print warnings.")
+@_verify_option
+@_dirty_option
+def extract_cmd(image: str, dest: str, src_path: str, same_owner: bool | None, preserve: bool | None,
+                overwrite: bool, no_xattrs: bool, quiet: bool, verify: str, allow_dirty: bool) -> None:
+    """Recreate the image's tree (or --path) under DEST, exactly and never outside it."""
+    from .extract import extract
+
+    def message(kind: str, text: str) -> None:
+        if kind == "error" or not quiet:
+            click.echo(f"{PROG}: {kind}: {text}", err=True)
+
+    with _open_read(image, verify, allow_dirty) as fs:
+        report = extract(fs, dest, path=src_path, same_owner=same_owner, preserve_permissions=preserve or None,
+                         overwrite=overwrite, xattrs=not no_xattrs, on_message=message)
+    if report.errors:
+        fail(f"{len(report.errors)} entries could not be extracted (see above)")
 
 
 def run(argv: list[str] | None = None) -> int:
