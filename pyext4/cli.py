@@ -453,6 +453,285 @@ def extract_cmd(image: str, dest: str, src_path: str, same_owner: bool | None, p
         fail(f"{len(report.errors)} entries could not be extracted (see above)")
 
 
+# ============================================================ writing
+def _open_write(image: str, force: bool = False) -> Any:
+    from .reader import Filesystem
+
+    return Filesystem.open(image, writable=True, force=force, now=_source_date_epoch())
+
+
+def _parse_owner(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    uid_s, sep, gid_s = text.partition(":")
+    if not sep or not uid_s.isdigit() or not gid_s.isdigit():
+        raise click.BadParameter(f"{text!r}: expected UID:GID (numbers)", param_hint="--owner")
+    return int(uid_s), int(gid_s)
+
+
+def _parse_mode(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected an octal mode such as 0644", param_hint="--mode") from None
+    if not 0 <= value <= 0o7777:
+        raise click.BadParameter(f"{text!r}: mode out of range", param_hint="--mode")
+    return value
+
+
+_force_option = click.option("--force", is_flag=True, help="Write even if the image looks mounted or damaged.")
+
+
+def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, int] | None, preserve: bool) -> None:
+    import stat as statmod
+
+    st = os.lstat(src)
+    uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if preserve else (0, 0))
+    perm = mode if mode is not None else statmod.S_IMODE(st.st_mode)
+    mtime_ns = st.st_mtime_ns if preserve else None
+    if statmod.S_ISLNK(st.st_mode):
+        ino = fs.symlink(os.readlink(src), dest, uid=uid, gid=gid)
+    elif statmod.S_ISREG(st.st_mode):
+        ino = fs.write_file(dest, src, mode=perm, uid=uid, gid=gid)
+    elif statmod.S_ISDIR(st.st_mode):
+        ino = fs.mkdir(dest, perm, uid, gid, exist_ok=True)
+    elif statmod.S_ISFIFO(st.st_mode) or statmod.S_ISSOCK(st.st_mode) or statmod.S_ISCHR(st.st_mode) or statmod.S_ISBLK(st.st_mode):
+        ino = fs.mknod(dest, statmod.S_IFMT(st.st_mode) | perm, st.st_rdev, uid=uid, gid=gid)
+    else:  # pragma: no cover
+        raise InvalidOptions(f"{src}: unsupported file type")
+    if preserve:
+        fs.set_times(ino, atime=st.st_atime_ns, mtime=mtime_ns)
+        if not statmod.S_ISLNK(st.st_mode):
+            try:
+                names = os.listxattr(src, follow_symlinks=False)
+            except OSError:
+                names = []
+            values = {}
+            for name in names:
+                try:
+                    values[name] = os.getxattr(src, name, follow_symlinks=False)
+                except OSError:
+                    continue
+            if values:
+                fs.set_xattrs(ino, values)
+
+
+@main.command("put")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")
+@click.option("--mode", "mode_text", help="Permissions for the copied files (octal).")
+@click.option("--owner", "owner_text", help="UID:GID for the copied files (default 0:0).")
+@click.option("-p", "--preserve", is_flag=True, help="Keep the host's owners, modes, times and xattrs.")
+@_force_option
+def put_cmd(image: str, src: str, dest: str, recursive: bool, mode_text: str | None, owner_text: str | None,
+            preserve: bool, force: bool) -> None:
+    """Copy a host file (or with -r a directory tree) into the image at DEST."""
+    import stat as statmod
+
+    mode = _parse_mode(mode_text)
+    owner = _parse_owner(owner_text)
+    st = os.stat(src)
+    if statmod.S_ISDIR(st.st_mode) and not recursive:
+        fail(f"{src} is a directory (use -r)")
+    with _open_write(image, force) as fs:
+        target = dest
+        if fs.is_dir(dest):
+            base = os.path.basename(os.path.normpath(src))
+            target = dest.rstrip("/") + "/" + base
+        if statmod.S_ISDIR(st.st_mode):
+            _put_one(fs, src, target, mode, owner, preserve)
+            pending = [(src, target)]
+            while pending:
+                host_dir, image_dir = pending.pop()
+                with os.scandir(host_dir) as it:
+                    names = sorted(e.name for e in it)
+                for name in names:
+                    host_path = os.path.join(host_dir, name)
+                    image_path = image_dir.rstrip("/") + "/" + name
+                    _put_one(fs, host_path, image_path, mode, owner, preserve)
+                    if os.path.isdir(host_path) and not os.path.islink(host_path):
+                        pending.append((host_path, image_path))
+            if preserve:
+                # directory times again, after their contents changed them
+                for host_dir, _dirs, _files in os.walk(src):
+                    rel = os.path.relpath(host_dir, src)
+                    image_dir = target if rel == "." else target.rstrip("/") + "/" + rel
+                    dst = os.stat(host_dir)
+                    fs.set_times(fs.resolve(image_dir), atime=dst.st_atime_ns, mtime=dst.st_mtime_ns)
+        else:
+            _put_one(fs, src, target, mode, owner, preserve)
+
+
+@main.command("mkdir")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@click.option("-p", "--parents", is_flag=True, help="Make parent directories as needed; no error if it exists.")
+@click.option("--mode", "mode_text", default="0755", show_default=True, help="Permissions (octal).")
+@click.option("--owner", "owner_text", default="0:0", show_default=True, help="UID:GID.")
+@_force_option
+def mkdir_cmd(image: str, path: str, parents: bool, mode_text: str, owner_text: str, force: bool) -> None:
+    """Create a directory."""
+    mode = _parse_mode(mode_text)
+    owner = _parse_owner(owner_text)
+    assert mode is not None and owner is not None
+    with _open_write(image, force) as fs:
+        fs.mkdir(path, mode, owner[0], owner[1], parents=parents, exist_ok=parents)
+
+
+@main.command("ln")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target")
+@click.argument("link")
+@click.option("-s", "--symbolic", is_flag=True, help="Make a symbolic link (TARGET is stored as is).")
+@click.option("--owner", "owner_text", default="0:0", show_default=True, help="UID:GID of a symbolic link.")
+@_force_option
+def ln_cmd(image: str, target: str, link: str, symbolic: bool, owner_text: str, force: bool) -> None:
+    """Make a hard link LINK to TARGET (or with -s a symbolic link)."""
+    owner = _parse_owner(owner_text)
+    assert owner is not None
+    with _open_write(image, force) as fs:
+        if symbolic:
+            fs.symlink(target, link, uid=owner[0], gid=owner[1])
+        else:
+            fs.link(target, link)
+
+
+@main.command("mknod")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@click.argument("kind", type=click.Choice(["c", "u", "b", "p", "s"]))
+@click.argument("major", type=int, required=False)
+@click.argument("minor", type=int, required=False)
+@click.option("--mode", "mode_text", default="0644", show_default=True, help="Permissions (octal).")
+@click.option("--owner", "owner_text", default="0:0", show_default=True, help="UID:GID.")
+@_force_option
+def mknod_cmd(image: str, path: str, kind: str, major: int | None, minor: int | None, mode_text: str,
+              owner_text: str, force: bool) -> None:
+    """Make a device node (c/u char, b block: MAJOR MINOR), a fifo (p) or a socket (s)."""
+    import stat as statmod
+
+    mode = _parse_mode(mode_text)
+    owner = _parse_owner(owner_text)
+    assert mode is not None and owner is not None
+    types = {"c": statmod.S_IFCHR, "u": statmod.S_IFCHR, "b": statmod.S_IFBLK, "p": statmod.S_IFIFO,
+             "s": statmod.S_IFSOCK}
+    if kind in "cub" and (major is None or minor is None):
+        raise click.UsageError("devices need MAJOR and MINOR")
+    if kind in "ps" and (major is not None or minor is not None):
+        raise click.UsageError("fifos and sockets take no MAJOR/MINOR")
+    with _open_write(image, force) as fs:
+        fs.mknod(path, types[kind] | mode, (major or 0, minor or 0), uid=owner[0], gid=owner[1])
+
+
+@main.command("rm")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-r", "--recursive", is_flag=True, help="Remove directories and their contents.")
+@click.option("-f", "ignore_missing", is_flag=True, help="Ignore paths that do not exist.")
+@_force_option
+def rm_cmd(image: str, paths: tuple[str, ...], recursive: bool, ignore_missing: bool, force: bool) -> None:
+    """Remove files (or with -r directory trees)."""
+    from .errors import FileNotFound, IsADirectory
+
+    with _open_write(image, force) as fs:
+        for path in paths:
+            try:
+                st = fs.lstat(path)
+            except FileNotFound:
+                if ignore_missing:
+                    continue
+                raise
+            if st.is_dir():
+                if not recursive:
+                    raise IsADirectory(path, "is a directory (use -r)")
+                fs.remove_tree(path)
+            else:
+                fs.unlink(path)
+
+
+@main.command("mv")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("src")
+@click.argument("dst")
+@_force_option
+def mv_cmd(image: str, src: str, dst: str, force: bool) -> None:
+    """Move or rename SRC to DST (into DST when it is a directory)."""
+    with _open_write(image, force) as fs:
+        target = dst
+        if fs.is_dir(dst) and not fs.lstat(src).is_dir() or (fs.is_dir(dst) and fs.resolve(dst) != fs.resolve(src)
+                                                              and fs.lstat(src).is_dir() and fs.listdir(dst)):
+            target = dst.rstrip("/") + "/" + src.rstrip("/").rsplit("/", 1)[-1]
+        fs.rename(src, target)
+
+
+@main.command("chmod")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("mode_text", metavar="MODE")
+@click.argument("paths", nargs=-1, required=True)
+@_force_option
+def chmod_cmd(image: str, mode_text: str, paths: tuple[str, ...], force: bool) -> None:
+    """Change permissions (octal MODE)."""
+    mode = _parse_mode(mode_text)
+    assert mode is not None
+    with _open_write(image, force) as fs:
+        for path in paths:
+            fs.chmod(path, mode)
+
+
+@main.command("chown")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("owner_text", metavar="UID:GID")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("-h", "--no-dereference", "no_deref", is_flag=True, help="Change a symlink itself.")
+@_force_option
+def chown_cmd(image: str, owner_text: str, paths: tuple[str, ...], no_deref: bool, force: bool) -> None:
+    """Change owners (numeric UID:GID)."""
+    owner = _parse_owner(owner_text)
+    assert owner is not None
+    with _open_write(image, force) as fs:
+        for path in paths:
+            fs.chown(path, owner[0], owner[1], follow_symlinks=not no_deref)
+
+
+@main.command("setfattr")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path")
+@click.option("-n", "--name", required=True, help="Attribute name, e.g. user.comment.")
+@click.option("-v", "--value", help="Value (text; 0x... for hex, 0s... for base64, as setfattr).")
+@click.option("-x", "--remove", is_flag=True, help="Remove the attribute.")
+@_force_option
+def setfattr_cmd(image: str, path: str, name: str, value: str | None, remove: bool, force: bool) -> None:
+    """Set (or with -x remove) an extended attribute."""
+    with _open_write(image, force) as fs:
+        if remove:
+            fs.removexattr(path, name)
+            return
+        raw = _decode_xattr_value(value or "")
+        fs.setxattr(path, name, raw)
+
+
+def _decode_xattr_value(text: str) -> bytes:
+    import base64
+
+    if text.startswith(("0x", "0X")):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            raise click.BadParameter("invalid hex value", param_hint="-v") from None
+    if text.startswith(("0s", "0S")):
+        try:
+            return base64.b64decode(text[2:], validate=True)
+        except ValueError:
+            raise click.BadParameter("invalid base64 value", param_hint="-v") from None
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return text.encode("utf-8", "surrogateescape")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point for tests: run the CLI and return its exit status."""
     try:

@@ -297,6 +297,7 @@ class Filesystem:
         allow_needs_recovery: bool = False,
         superblock: int | None = None,
         force: bool = False,
+        now: float | int | None = None,
     ) -> Filesystem:
         """Open an image file or block device.
 
@@ -304,13 +305,14 @@ class Filesystem:
         (Ext4Warning) and reads on, "off" skips checksum work.  A journal that
         needs recovery is refused (NeedsRecovery) unless ``allow_needs_recovery``.
         ``writable=True`` opens for the writer (locks the image; refuses a
-        mounted one).  Raises Ext4Error subclasses and OSError.
+        mounted one); ``now`` (seconds) fixes the time written into changed
+        inodes for reproducible results.  Raises Ext4Error subclasses and OSError.
         """
         if writable:
             from .writer import WritableFilesystem
 
             return WritableFilesystem.open_writable(
-                path, verify=verify, superblock=superblock, force=force
+                path, verify=verify, superblock=superblock, force=force, now=now
             )
         dev = FileDevice.open(path, writable=False)
         try:
