@@ -174,41 +174,50 @@ def _existing_fs(path: str) -> str | None:
 @click.option("-T", "usage_type", type=click.Choice(sorted(_USAGE_TYPES)), help="mke2fs usage type (sets -b/-i/-I defaults).")
 @click.option("-t", "fs_type", type=click.Choice(["ext4", "ext2"]), default="ext4", show_default=True,
               help="Filesystem type: ext4, or ext2 (no journal, no extents).")
-@click.option("-q", "quiet", is_flag=True, help="Quiet: print nothing on success.")
+@click.option("-d", "source", help="Populate from a directory, a tar archive (gz/bz2/xz), '-' (tar on stdin) or an ext4 image.")
+@click.option("--owner", "owner_text", help="With -d: give every entry this UID:GID.")
+@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False),
+              help="With -d: lines of 'GLOB UID:GID [MODE]' (later lines win).")
+@click.option("--timestamp", type=int, help="Clamp every time to this (seconds); default SOURCE_DATE_EPOCH.")
+@click.option("--seed", help="Derive the UUID and hash seed from this text (default: the timestamp).")
+@click.option("--headroom", type=float, default=20.0, show_default=True, help="With SIZE 'auto': free space to add, in percent.")
+@click.option("--no-xattrs", is_flag=True, help="With -d: do not copy extended attributes.")
+@click.option("-q", "quiet", is_flag=True, help="Quiet: print nothing on success (and no progress bar).")
 @click.option("-F", "force", is_flag=True, help="Overwrite an existing filesystem.")
 def mkfs_cmd(
     image: str, size: str | None, block_size: int | None, inode_size: int | None, inode_ratio: int | None,
     inodes: int | None, label: str, uuid: str | None, features: tuple[str, ...], extended: str | None,
     journal_opts: str | None, reserved_ratio: float, flex_bg_size: int, usage_type: str | None,
-    fs_type: str, quiet: bool, force: bool,
+    fs_type: str, source: str | None, owner_text: str | None, rules_file: str | None, timestamp: int | None,
+    seed: str | None, headroom: float, no_xattrs: bool, quiet: bool, force: bool,
 ) -> None:
     """Create an ext4 filesystem in IMAGE (a file, created if missing, or a block device).
 
-    SIZE takes K, M, G or T suffixes; without it an existing file keeps its size.
-    Time comes from SOURCE_DATE_EPOCH when it is set.
+    SIZE takes K, M, G or T suffixes, or 'auto' with -d; without it an existing
+    file keeps its size.  Time comes from --timestamp or SOURCE_DATE_EPOCH when set.
     """
     from .mkfs import mkfs, parse_size
 
     ub, ur, ui = _USAGE_TYPES.get(usage_type or "default", (None, None, None))
     bs = block_size or ub or 4096
     ext = _parse_extended(extended)
-    if uuid is not None and uuid.lower() == "random":
-        uuid = None
-    if uuid is not None and uuid.lower() == "time":
+    if uuid is not None and uuid.lower() in ("random", "time"):
         uuid = None
     feature_list = list(features)
     if fs_type == "ext2":
         feature_list.insert(0, "^has_journal,^extent,^flex_bg,^huge_file,^dir_nlink,^extra_isize,^64bit,^metadata_csum")
-    if size is not None:
+    auto = size is not None and size.lower() == "auto"
+    if auto and source is None:
+        raise click.UsageError("SIZE 'auto' needs a source (-d)")
+    if size is not None and not auto:
         parse_size(size)  # validate before touching the target
+    when = timestamp if timestamp is not None else _source_date_epoch()
     existing = _existing_fs(image)
     if existing and not force:
         fail(f"{image} contains {existing}; use -F to overwrite it")
     if size is None and not os.path.exists(image):
         fail(f"{image}: does not exist; give a SIZE to create it")
-    plan = mkfs(
-        image,
-        size,
+    kwargs: dict[str, Any] = dict(
         block_size=bs,
         inode_size=inode_size or ui or 256,
         inode_ratio=inode_ratio or ur or 16384,
@@ -219,24 +228,160 @@ def mkfs_cmd(
         hash_seed=ext.get("hash_seed"),
         root_owner=ext.get("root_owner", (0, 0)),
         journal_blocks=_parse_journal(journal_opts, bs),
-        now=_source_date_epoch(),
+        now=when,
         reserved_ratio=reserved_ratio,
         flex_bg_size=flex_bg_size,
     )
-    if not quiet:
-        geo = plan.geo
-        out = [
-            f"Creating filesystem with {geo.blocks_count} {geo.block_size // 1024}k blocks and {geo.inodes_count} inodes",
-            f"Filesystem UUID: {plan.sb.uuid_str}",
-        ]
-        backups = [geo.group_first_block(g) for g in geo.backup_groups if g]
-        if backups:
-            out.append("Superblock backups stored on blocks: ")
-            out.append("\t" + ", ".join(str(b) for b in backups))
-        if plan.journal_blocks:
-            out.append(f"Journal: {plan.journal_blocks} blocks")
-        out.append("Done.")
-        click.echo("\n".join(out))
+    if source is None:
+        plan = mkfs(image, size, **kwargs)
+        if not quiet:
+            _mkfs_summary(plan)
+        return
+    _mkfs_populate(image, size, auto, source, kwargs, ext, owner_text, rules_file, when, seed, headroom,
+                   no_xattrs, quiet)
+
+
+def _mkfs_summary(plan: Any) -> None:
+    geo = plan.geo
+    out = [
+        f"Creating filesystem with {geo.blocks_count} {geo.block_size // 1024}k blocks and {geo.inodes_count} inodes",
+        f"Filesystem UUID: {plan.sb.uuid_str}",
+    ]
+    backups = [geo.group_first_block(g) for g in geo.backup_groups if g]
+    if backups:
+        out.append("Superblock backups stored on blocks: ")
+        out.append("\t" + ", ".join(str(b) for b in backups))
+    if plan.journal_blocks:
+        out.append(f"Journal: {plan.journal_blocks} blocks")
+    out.append("Done.")
+    click.echo("\n".join(out))
+
+
+def _derived_uuid(seed_text: str, what: str) -> str:
+    import uuid as uuidlib
+
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"pyext4:{what}:{seed_text}"))
+
+
+def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs: dict[str, Any],
+                   ext: dict[str, Any], owner_text: str | None, rules_file: str | None, when: int | None,
+                   seed: str | None, headroom: float, no_xattrs: bool, quiet: bool) -> None:
+    import shutil
+    import sys
+    import tempfile
+    import time
+
+    from .mkfs import MkfsOptions, make_plan, mkfs, parse_size, resolve_features
+    from .populate import parse_rules, populate, source_needs
+    from .reader import Filesystem
+
+    owner = _parse_owner(owner_text)
+    rules = None
+    if rules_file:
+        with open(rules_file, encoding="utf-8") as f:
+            rules = parse_rules(f.read(), origin=rules_file)
+    if seed is None and when is not None:
+        seed = str(when)
+    if seed is not None:
+        if kwargs["uuid"] is None:
+            kwargs["uuid"] = _derived_uuid(seed, "uuid")
+        if kwargs["hash_seed"] is None:
+            kwargs["hash_seed"] = _derived_uuid(seed, "hash_seed")
+    spool = None
+    created = not os.path.exists(image)
+    try:
+        if source == "-":
+            spool = tempfile.NamedTemporaryFile(prefix="pyext4-stdin-", suffix=".tar", delete=False)
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            spool.close()
+            source_path = spool.name
+        else:
+            source_path = source
+        if not os.path.exists(source_path):
+            fail(f"{source}: no such file or directory")
+        nodes, needs = source_needs(source_path, kwargs["block_size"])
+        factor = 1 + max(0.0, headroom) / 100.0 if auto else 1.0
+        want_blocks = int(needs.blocks * factor) + 16
+        want_inodes = int(needs.inodes * factor) + 16
+
+        def fits(size_bytes: int, inode_count: int | None) -> tuple[bool, Any]:
+            opts = MkfsOptions(
+                size=size_bytes, block_size=kwargs["block_size"], inode_size=kwargs["inode_size"],
+                inode_ratio=kwargs["inode_ratio"], inodes=inode_count,
+                features=resolve_features(kwargs["features"]), uuid=bytes(16), hash_seed=bytes(16),
+                journal_blocks=kwargs["journal_blocks"], reserved_ratio=kwargs["reserved_ratio"],
+                flex_bg_size=kwargs["flex_bg_size"],
+            )
+            plan = make_plan(opts)
+            ok = plan.sb.free_blocks_count >= want_blocks and plan.sb["s_free_inodes_count"] >= want_inodes
+            return ok, plan
+
+        if auto:
+            bs = kwargs["block_size"]
+            size_bytes = max(8 << 20, (want_blocks + want_blocks // 8) * bs + (4 << 20))
+            inode_count = kwargs["inodes"]
+            for _ in range(200):
+                ok, plan = fits(size_bytes, inode_count)
+                if ok:
+                    break
+                if plan.sb["s_free_inodes_count"] < want_inodes and kwargs["inodes"] is None:
+                    inode_count = want_inodes + 16
+                size_bytes = int(size_bytes * 1.08) + 1024 * bs
+            else:
+                fail("could not find a size that fits the source")
+            size_bytes -= size_bytes % bs
+            kwargs["inodes"] = inode_count
+        else:
+            size_bytes = parse_size(size) if size is not None else os.path.getsize(image)
+            ok, plan = fits(size_bytes, kwargs["inodes"])
+            if not ok:
+                need_msg = f"{needs.blocks} blocks and {needs.inodes} inodes"
+                have = f"{plan.sb.free_blocks_count} free blocks and {plan.sb['s_free_inodes_count']} free inodes"
+                fail(f"{size} is too small for {source}: it needs {need_msg}, the filesystem would have {have}"
+                     " (use a larger SIZE or 'auto')")
+        plan = mkfs(image, size_bytes, **kwargs)
+        total = sum(n.size for n in nodes if n.kind == "file")
+        bar: Any = None
+        started = time.monotonic()
+        done = [0]
+
+        def progress(nbytes: int) -> None:
+            nonlocal bar
+            done[0] += nbytes
+            if quiet or not sys.stderr.isatty():
+                return
+            if bar is None:
+                if time.monotonic() - started < 1.0:
+                    return
+                bar = click.progressbar(length=max(total, 1), label="populating", file=sys.stderr)
+                bar.__enter__()
+                bar.update(done[0])
+            else:
+                bar.update(nbytes)
+
+        try:
+            with Filesystem.open(image, writable=True, now=when) as fs:
+                report = populate(fs, source_path, owner=owner, rules=rules, root_owner=ext.get("root_owner"),
+                                  timestamp=when, xattrs=not no_xattrs, progress=progress, nodes=nodes)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+        for warning in report.warnings:
+            if not quiet:
+                click.echo(f"{PROG}: warning: {warning}", err=True)
+        if not quiet:
+            _mkfs_summary(plan)
+            click.echo(f"Copied {report.entries} entries ({report.bytes} bytes of file data).")
+    except BaseException:
+        if created and os.path.exists(image):
+            try:
+                os.unlink(image)
+            except OSError:
+                pass
+        raise
+    finally:
+        if spool is not None:
+            os.unlink(spool.name)
 
 
 # ============================================================ reading

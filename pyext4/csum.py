@@ -86,9 +86,12 @@ def fs_seed(uuid: bytes) -> int:
     return crc32c_raw(0xFFFFFFFF, uuid)
 
 
+_U32X2 = struct.Struct("<II")
+
+
 def inode_seed(seed: int, ino: int, generation: int) -> int:
     """Per-inode seed used by inodes, extent blocks and directory blocks."""
-    return crc32c_raw(crc32c_raw(seed, _U32.pack(ino)), _U32.pack(generation))
+    return crc32c_raw(seed, _U32X2.pack(ino, generation))
 
 
 # --------------------------------------------------------------- objects
@@ -144,17 +147,11 @@ def inode_csum(seed: int, ino: int, raw: bytes | bytearray | memoryview, has_hi:
     otherwise only the low 16.
     """
     generation = _U32.unpack_from(raw, 0x64)[0]
-    crc = inode_seed(seed, ino, generation)
-    crc = crc32c_raw(crc, raw[:0x7C])
-    crc = crc32c_raw(crc, _ZERO2)
-    crc = crc32c_raw(crc, raw[0x7E:0x80])
-    if len(raw) > 0x80:
-        if has_hi:
-            crc = crc32c_raw(crc, raw[0x80:0x82])
-            crc = crc32c_raw(crc, _ZERO2)
-            crc = crc32c_raw(crc, raw[0x84:])
-        else:
-            crc = crc32c_raw(crc, raw[0x80:])
+    buf = bytearray(raw)
+    buf[0x7C:0x7E] = _ZERO2
+    if has_hi and len(buf) >= 0x84:
+        buf[0x82:0x84] = _ZERO2
+    crc = crc32c_raw(crc32c_raw(seed, _U32X2.pack(ino, generation)), buf)
     return crc if has_hi else crc & 0xFFFF
 
 
