@@ -727,21 +727,22 @@ class _Builder:
             return
         self._replace_existing(parent, name, node.path)
         if node.kind == "hardlink" or (node.link_key is not None and node.link_key in self.links):
+            linked: int | None
             if node.kind == "hardlink":
-                target = self.paths.get(node.target)
-                if target is None:
+                linked = self.paths.get(node.target)
+                if linked is None:
                     raise InvalidOptions(f"{decode_name(node.path)}: hard link to {decode_name(node.target)}, "
                                          "which is not in the archive before it")
             else:
-                target = self.links[node.link_key]
-            inode = self.inodes[target]
-            if inode.is_dir():
-                raise InvalidOptions(f"{decode_name(node.path)}: hard link to a directory")
-            inode.links_count += 1
-            if inode.links_count > K.LINK_MAX:
+                linked = self.links[node.link_key]
+            linked_inode = self.inodes.get(linked)
+            if linked_inode is None or linked_inode.is_dir():
+                raise InvalidOptions(f"{decode_name(node.path)}: hard link to a directory or an earlier entry")
+            linked_inode.links_count += 1
+            if linked_inode.links_count > K.LINK_MAX:
                 raise InvalidOptions(f"{decode_name(node.path)}: too many hard links")
-            self._link_into(parent, name, target, K.MODE_TO_FT.get(inode.mode & K.S_IFMT, 0))
-            self.paths[node.path] = target
+            self._link_into(parent, name, linked, K.MODE_TO_FT.get(linked_inode.mode & K.S_IFMT, 0))
+            self.paths[node.path] = linked
             self.report.hardlinks += 1
             return
         ino = self.fs.allocate_inode(parent.ino, is_dir=False, name=name)
@@ -752,15 +753,15 @@ class _Builder:
             self.report.files += 1
             self.report.bytes += node.size
         elif node.kind == "symlink":
-            target = node.target
-            if not target or len(target) > K.MAX_SYMLINK_LEN:
-                raise InvalidOptions(f"{decode_name(node.path)}: symlink target of {len(target)} bytes")
-            inode.size = len(target)
-            if len(target) < 60:
-                inode.block = target.ljust(60, b"\0")
+            link_target = node.target
+            if not link_target or len(link_target) > K.MAX_SYMLINK_LEN:
+                raise InvalidOptions(f"{decode_name(node.path)}: symlink target of {len(link_target)} bytes")
+            inode.size = len(link_target)
+            if len(link_target) < 60:
+                inode.block = link_target.ljust(60, b"\0")
             else:
                 runs = self.cursor.take(1)
-                self.data.write(runs[0][0], target.ljust(self.bs, b"\0"))
+                self.data.write(runs[0][0], link_target.ljust(self.bs, b"\0"))
                 self._map(ino, inode, [E.Extent(0, runs[0][0], 1)])
         elif node.kind in ("char", "block"):
             inode.set_rdev(*node.rdev)
@@ -782,12 +783,12 @@ class _Builder:
         data_blocks = sum(e.length for e in extents)
         if self.extents_ok and len(extents) <= 4:
             inode.flags |= K.EXTENTS_FL
-            root = bytearray(60)
-            _EH.pack_into(root, 0, K.EXT4_EXT_MAGIC, len(extents), 4, 0, 0)
+            small = bytearray(60)
+            _EH.pack_into(small, 0, K.EXT4_EXT_MAGIC, len(extents), 4, 0, 0)
             for i, e in enumerate(extents):
                 length = e.length + (K.EXT_INIT_MAX_LEN if e.unwritten else 0)
-                _EX.pack_into(root, 12 + 12 * i, e.logical, length, e.physical >> 32, e.physical & 0xFFFFFFFF)
-            inode.block = bytes(root)
+                _EX.pack_into(small, 12 + 12 * i, e.logical, length, e.physical >> 32, e.physical & 0xFFFFFFFF)
+            inode.block = bytes(small)
             inode.set_blocks_512(data_blocks * (bs // 512), self.fs.huge_file, bs)
             return
         if self.extents_ok:
