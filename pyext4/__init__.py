@@ -27,14 +27,13 @@ from .errors import (
     UnsafePath,
     UnsupportedFeature,
 )
-
 from .mkfs import mkfs, parse_size
 
 __version__ = "0.1.0"
 
 # Engines load on first use so that `import pyext4` (and the CLI's --help) stays cheap.
 _LAZY = {
-    "Filesystem": ("pyext4.reader", "Filesystem"),
+    "Filesystem": ("pyext4.writer", "Filesystem"),
     "Stat": ("pyext4.reader", "Stat"),
     "DirEntry": ("pyext4.reader", "DirEntry"),
     "populate": ("pyext4.populate", "populate"),

@@ -163,6 +163,15 @@ def join_path(parent: str, name: str) -> str:
     return parent.rstrip("/") + "/" + name if parent != "/" else "/" + name
 
 
+_WRITABLE_OPENER: Any = None
+
+
+def register_writable_opener(opener: Any) -> None:
+    """Called by writer.py: how ``Filesystem.open(path, writable=True)`` opens for writing."""
+    global _WRITABLE_OPENER
+    _WRITABLE_OPENER = opener
+
+
 class _ClassOrInstance:
     """``Filesystem.open(image)`` opens an image; ``fs.open(path)`` opens a file inside it."""
 
@@ -309,9 +318,14 @@ class Filesystem:
         inodes for reproducible results.  Raises Ext4Error subclasses and OSError.
         """
         if writable:
-            from .writer import WritableFilesystem
+            # The writer sits above the reader; it registers itself when imported
+            # (pyext4/__init__ imports it), so the reader never imports it.
+            if _WRITABLE_OPENER is None:
+                import importlib
 
-            return WritableFilesystem.open_writable(
+                importlib.import_module("pyext4.writer")
+            assert _WRITABLE_OPENER is not None
+            return _WRITABLE_OPENER(
                 path, verify=verify, superblock=superblock, force=force, now=now
             )
         dev = FileDevice.open(path, writable=False)
@@ -923,14 +937,17 @@ class Filesystem:
         return decode_name(self.readlink_ino(ino, inode))
 
     def readlink_ino(self, ino: int, inode: Inode) -> bytes:
+        """A symlink's target, as the kernel returns it: i_size bytes, cut at the first NUL."""
         size = inode.size
         if size > K.MAX_SYMLINK_LEN + 1 or size > self.block_size:
             raise CorruptError(f"symlink of {size} bytes", where=f"inode {ino}")
         if inode.has_inline_data():
-            return self.inline_bytes(ino, inode)[:size]
-        if self._is_fast_symlink(inode):
-            return bytes(inode.block[:size])
-        return self.read_range(ino, inode, 0, size)
+            target = self.inline_bytes(ino, inode)[:size]
+        elif self._is_fast_symlink(inode):
+            target = bytes(inode.block[:size])
+        else:
+            target = self.read_range(ino, inode, 0, size)
+        return target.split(b"\0", 1)[0]
 
     # -------------------------------------------------------------- xattrs
     def _ibody_xattrs(self, ino: int, inode: Inode) -> list[X.XattrEntry]:

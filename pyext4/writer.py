@@ -50,7 +50,7 @@ from .errors import (
 )
 from .groupdesc import GroupDesc
 from .inode import Inode, set_checksum
-from .reader import Filesystem, decode_name, encode_name, split_path
+from .reader import Filesystem, decode_name, encode_name, register_writable_opener, split_path
 
 _NS = 1_000_000_000
 _DATA_CHUNK = 8 << 20
@@ -1860,6 +1860,9 @@ class WritableFilesystem(Filesystem):
                     self.flush()
             finally:
                 super().close()
+
+
+register_writable_opener(WritableFilesystem.open_writable)
 
 
 def _empty_extent_root() -> bytes:
