@@ -1238,53 +1238,98 @@ def write_plan(plan: Plan, dev: Device) -> int:
     counts = _GroupCounts(plan)
     from .csum import _crc32c as crc_c
 
+    desc_view = memoryview(desc_block)
+
     seed_x = csum_seed ^ 0xFFFFFFFF
     u32 = _U32.pack
     pack_u16 = struct.Struct("<H").pack_into
     alloc = plan.flex(0)
     flex_size = plan.groups_per_flex
+    # Groups that need the general path; every other group's descriptor is a template
+    # with only its table locations patched in.
+    special = set(plan.inode_usage) | plan.uninit_cleared | set(plan.extra_by_group) | {geo.group_count - 1}
+    if not plan.csum:
+        special = set(range(geo.group_count))  # no uninit flags: every group has real bitmaps
+    elif geo.meta_bg:
+        special.update(g for g in range(geo.group_count) if geo.super_and_desc(g).used)
+    else:
+        special.update(geo.backup_groups)
+    plain_flags = counts.base_flags
+    plain_free_blocks = geo.blocks_per_group - (0 if flex_size > 1 else counts.own_tables)
+    plain_free_inodes = geo.inodes_per_group
+    plain_unused = counts.unused_default
+    template = bytearray(desc_size)
+    if desc_size >= 64:
+        pack_desc(template, 0, 0, 0, 0, plain_free_blocks & 0xFFFF, plain_free_inodes & 0xFFFF, 0, plain_flags, 0,
+                  0, 0, plain_unused & 0xFFFF, 0, 0, 0, 0, plain_free_blocks >> 16, plain_free_inodes >> 16, 0,
+                  plain_unused >> 16, 0, 0, 0, 0)
+    else:
+        pack_desc(template, 0, 0, 0, 0, plain_free_blocks, plain_free_inodes, 0, plain_flags, 0, 0, 0,
+                  plain_unused, 0)
+    template_b = bytes(template)
+    lo3 = struct.Struct("<III").pack_into
+    hi3 = struct.Struct("<III").pack_into
+    base = 0
+    shape_tables: list[tuple[int, int, int]] = []
+    shape_special: set[int] | dict[int, int] = set()
+    first_group = 0
     for group in range(geo.group_count):
         if group % flex_size == 0:
             alloc = plan.flex(group)
-        bb, ib, it = alloc.tables_of(group)
-        flags, free_blocks, free_inodes, dirs, unused = counts(group, alloc)
-        bb_csum = ib_csum = 0
-        if not (plan.csum and flags & K.BG_BLOCK_UNINIT):
-            bm = _block_bitmap(plan, group)
-            raw = bm.to_bytes(bs)
-            if metadata_csum:
-                bb_csum = bitmap_csum(csum_seed, raw[:bb_bytes])
-            w.block(bb, raw)
-        if not (plan.csum and flags & K.BG_INODE_UNINIT):
-            bm = _inode_bitmap(plan, group)
-            raw = bm.to_bytes(bs)
-            if metadata_csum:
-                ib_csum = bitmap_csum(csum_seed, raw[:ib_bytes])
-            w.block(ib, raw)
+            base = alloc.base
+            shape_tables = alloc.shape.tables
+            shape_special = alloc.shape.table_blocks_in
+            first_group = alloc.first_group
         off = (group % dpb) * desc_size
-        if desc_size >= 64:
-            pack_desc(
-                desc_block, off, bb & 0xFFFFFFFF, ib & 0xFFFFFFFF, it & 0xFFFFFFFF,
-                free_blocks & 0xFFFF, free_inodes & 0xFFFF, dirs & 0xFFFF, flags, 0,
-                bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused & 0xFFFF, 0,
-                bb >> 32, ib >> 32, it >> 32, free_blocks >> 16, free_inodes >> 16, dirs >> 16,
-                unused >> 16, 0, bb_csum >> 16, ib_csum >> 16, 0,
-            )
+        if group not in special and (group - first_group) not in shape_special:
+            bb, ib, it = shape_tables[group - first_group]
+            bb += base
+            ib += base
+            it += base
+            desc_block[off : off + desc_size] = template_b
+            lo3(desc_block, off, bb & 0xFFFFFFFF, ib & 0xFFFFFFFF, it & 0xFFFFFFFF)
+            if desc_size >= 64:
+                hi3(desc_block, off + 0x20, bb >> 32, ib >> 32, it >> 32)
         else:
-            pack_desc(
-                desc_block, off, bb, ib, it, free_blocks, free_inodes, dirs, flags, 0,
-                bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused, 0,
-            )
+            bb, ib, it = alloc.tables_of(group)
+            flags, free_blocks, free_inodes, dirs, unused = counts(group, alloc)
+            bb_csum = ib_csum = 0
+            if not (plan.csum and flags & K.BG_BLOCK_UNINIT):
+                bm = _block_bitmap(plan, group)
+                raw = bm.to_bytes(bs)
+                if metadata_csum:
+                    bb_csum = bitmap_csum(csum_seed, raw[:bb_bytes])
+                w.block(bb, raw)
+            if not (plan.csum and flags & K.BG_INODE_UNINIT):
+                bm = _inode_bitmap(plan, group)
+                raw = bm.to_bytes(bs)
+                if metadata_csum:
+                    ib_csum = bitmap_csum(csum_seed, raw[:ib_bytes])
+                w.block(ib, raw)
+            if desc_size >= 64:
+                pack_desc(
+                    desc_block, off, bb & 0xFFFFFFFF, ib & 0xFFFFFFFF, it & 0xFFFFFFFF,
+                    free_blocks & 0xFFFF, free_inodes & 0xFFFF, dirs & 0xFFFF, flags, 0,
+                    bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused & 0xFFFF, 0,
+                    bb >> 32, ib >> 32, it >> 32, free_blocks >> 16, free_inodes >> 16, dirs >> 16,
+                    unused >> 16, 0, bb_csum >> 16, ib_csum >> 16, 0,
+                )
+            else:
+                pack_desc(
+                    desc_block, off, bb, ib, it, free_blocks, free_inodes, dirs, flags, 0,
+                    bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused, 0,
+                )
         if metadata_csum:
             # The checksum field is still zero, so one pass over the descriptor is enough.
-            view = memoryview(desc_block)[off : off + desc_size]
-            pack_u16(desc_block, off + 0x1E, (crc_c(view, crc_c(u32(group), seed_x)) ^ 0xFFFF) & 0xFFFF)
+            pack_u16(desc_block, off + 0x1E,
+                     (crc_c(desc_view[off : off + desc_size], crc_c(u32(group), seed_x)) ^ 0xFFFF) & 0xFFFF)
         elif checksummer.enabled:
-            view = memoryview(desc_block)[off : off + desc_size]
-            pack_u16(desc_block, off + 0x1E, checksummer.compute(group, view))
+            pack_u16(desc_block, off + 0x1E, checksummer.compute(group, desc_view[off : off + desc_size]))
         if group % dpb == dpb - 1 or group == geo.group_count - 1:
             emit_desc_block(group // dpb, bytes(desc_block))
+            desc_view.release()
             desc_block = bytearray(bs)
+            desc_view = memoryview(desc_block)
     w.flush()
 
     # Superblock backups (state without VALID, as e2fsprogs writes them), then the primary.
