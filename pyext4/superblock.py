@@ -311,7 +311,7 @@ class Superblock:
             inodes_per_group=self["s_inodes_per_group"],
             inode_size=self.inode_size,
             desc_size=self.desc_size,
-            reserved_gdt_blocks=self["s_reserved_gdt_blocks"] if self.has_compat("resize_inode") else 0,
+            reserved_gdt_blocks=self["s_reserved_gdt_blocks"],
             sparse_super=self.has_ro_compat("sparse_super"),
             sparse_super2=self.has_compat("sparse_super2"),
             backup_bgs=(self["s_backup_bgs[0]"], self["s_backup_bgs[1]"]),
