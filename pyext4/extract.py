@@ -58,6 +58,7 @@ class _Extractor:
         self.bs = fs.block_size
         self.root_fd = -1
         self.can_copy_range = self.img_fd >= 0 and hasattr(os, "copy_file_range")
+        self.deferred: list[tuple[str, int, Inode, str]] = []  # directories finished at the end
 
     # ----------------------------------------------------------- messages
     def error(self, message: str) -> None:
@@ -83,8 +84,17 @@ class _Extractor:
             if nxt is None:
                 stack.pop()
                 if dir_inode is not None:
-                    self._finish_dir(dfd, ino, dir_inode, shown_dir)
-                    os.close(dfd)
+                    try:
+                        if self._defer(dir_inode):
+                            self.deferred.append((rel_dir, ino, dir_inode, shown_dir))
+                        else:
+                            self._finish_dir(dfd, ino, dir_inode, shown_dir)
+                    except Ext4Error as exc:
+                        self.error(f"{shown_dir}: {exc}")
+                    except OSError as exc:
+                        self.error(f"{shown_dir}: {exc.strerror or exc}")
+                    finally:
+                        os.close(dfd)
                 continue
             name, child, _ft = nxt
             shown_child = shown_dir.rstrip("/") + "/" + decode_name(name)
@@ -99,11 +109,16 @@ class _Extractor:
                         self.error(f"{shown_child}: directory inode {child} appears twice (cycle); skipped")
                         continue
                     visited.add(child)
+                    try:
+                        children: list[tuple[bytes, int, int]] = self.fs.dir_entries(child, inode)
+                    except Ext4Error as exc:
+                        self.error(f"{shown_child}: contents not extracted: {exc}")
+                        children = []
                     cfd = self._make_dir(dfd, name, shown_child)
                     if cfd < 0:
                         continue
                     self.report.directories += 1
-                    stack.append((child, cfd, iter(self.fs.dir_entries(child, inode)), shown_child, rel, inode))
+                    stack.append((child, cfd, iter(children), shown_child, rel, inode))
                 else:
                     self._extract_leaf(dfd, name, child, inode, shown_child, rel)
             except UnsafePath as exc:
@@ -112,6 +127,43 @@ class _Extractor:
                 self.error(f"{shown_child}: {exc}")
             except OSError as exc:
                 self.error(f"{shown_child}: {exc.strerror or exc}")
+        self._finish_deferred()
+
+    # ---------------------------------------------------- deferred directories
+    def _defer(self, inode: Inode) -> bool:
+        """Whether a directory's mode must wait for the end (it would stop us adding hardlinks to it).
+
+        Only without root: a directory without owner rwx cannot be written or searched by us.
+        """
+        return not self.opts.is_root and (inode.mode & 0o700) != 0o700
+
+    def _open_rel(self, rel: str) -> int:
+        """Open a directory we created, component by component, never following a symlink."""
+        fd = os.dup(self.root_fd)
+        for part in encode_name(rel).split(b"/"):
+            if not part:
+                continue
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            finally:
+                os.close(fd)
+            fd = nxt
+        return fd
+
+    def _finish_deferred(self) -> None:
+        for rel, ino, inode, shown in self.deferred:  # post-order: children before parents
+            try:
+                fd = self._open_rel(rel)
+            except OSError as exc:
+                self.error(f"{shown}: {exc.strerror or exc}")
+                continue
+            try:
+                self._finish_dir(fd, ino, inode, shown)
+            except OSError as exc:
+                self.error(f"{shown}: {exc.strerror or exc}")
+            finally:
+                os.close(fd)
+        self.deferred.clear()
 
     # ------------------------------------------------------------ entries
     def _make_dir(self, dfd: int, name: bytes, shown: str) -> int:
@@ -183,8 +235,11 @@ class _Extractor:
         self.report.hardlinks += 1
 
     def _file(self, dfd: int, name: bytes, ino: int, inode: Inode, shown: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        flags |= os.O_TRUNC if self.opts.overwrite else os.O_EXCL
+        # Always a new inode (O_EXCL): with overwrite, whatever is there is unlinked first, so a
+        # hardlink or symlink planted in the destination can never lead the write outside it.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        if self.opts.overwrite:
+            self._remove_existing(dfd, name)
         try:
             fd = os.open(name, flags, 0o600, dir_fd=dfd)
         except OSError as exc:
@@ -234,7 +289,7 @@ class _Extractor:
     # ------------------------------------------------------------ metadata
     def _mode_bits(self, inode: Inode) -> int:
         mode = inode.mode & 0o7777
-        if not (self.opts.is_root or self.opts.preserve_permissions):
+        if not self.opts.preserve_permissions:
             mode &= ~(_stat.S_ISUID | _stat.S_ISGID)
         return mode
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import stat as _stat
+import struct
 import warnings
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +32,10 @@ from .errors import (
     IsADirectory,
     NeedsRecovery,
     NotADirectory,
+    PathError,
     ReadOnlyError,
     SymlinkLoop,
+    TruncatedError,
 )
 from .geometry import Geometry
 from .groupdesc import DescChecksummer, GroupDesc
@@ -44,7 +48,17 @@ from .superblock import Superblock
 log = logging.getLogger("pyext4")
 
 MAX_SYMLINKS = 40
+READ_BYTES_LIMIT = 1 << 30  # read_bytes() refuses larger files by default (FileTooLarge)
+_EXT_HEADER = struct.Struct("<HHHHI")
+_EXTENT = struct.Struct("<IHHI")
+_I_BLOCK_WORDS = struct.Struct("<15I")
 _ZERO_CHUNK = bytes(1 << 20)
+
+
+class FileTooLarge(PathError):
+    """read_bytes() of a file larger than its ``max_size``: stream it instead (EFBIG)."""
+
+    errno_value = errno.EFBIG
 
 
 class Ext4Warning(UserWarning):
@@ -172,6 +186,18 @@ def register_writable_opener(opener: Any) -> None:
     _WRITABLE_OPENER = opener
 
 
+def _extent_logical(extent: E.Extent) -> int:
+    return extent.logical
+
+
+def _zero_fill(view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        n = min(len(view) - done, len(_ZERO_CHUNK))
+        view[done : done + n] = _ZERO_CHUNK[:n]
+        done += n
+
+
 class _ClassOrInstance:
     """``Filesystem.open(image)`` opens an image; ``fs.open(path)`` opens a file inside it."""
 
@@ -294,6 +320,8 @@ class Filesystem:
         self._hash_unsigned = bool(sb["s_flags"] & K.FLAGS_UNSIGNED_HASH)
         self._hash_seed = sb.hash_seed
         self._desc_blocks_total = self.geo.desc_blocks
+        # No data block may be block 0 or overlap the superblock (bytes 1024..2047).
+        self._min_data_block = max(self.geo.first_data_block, -(-2048 // self.block_size))
 
     # ----------------------------------------------------------- opening
     @classmethod
@@ -495,12 +523,17 @@ class Filesystem:
                             ChecksumError("extent block", expected=stored, actual=actual, where=f"{where} block {block}")
                         )
 
-            result = list(
-                E.walk(
-                    inode.block, self.read_block, block_size=self.block_size, blocks_count=geo.blocks_count,
-                    first_data_block=geo.first_data_block, ino=ino, verify=verify,
+            quick = self._leaf_root_extents(inode.block)
+            if quick is not None:
+                result = quick
+            else:
+                result = list(
+                    E.walk(
+                        inode.block, self.read_block, block_size=self.block_size,
+                        blocks_count=geo.blocks_count, first_data_block=geo.first_data_block, ino=ino,
+                        verify=verify,
+                    )
                 )
-            )
         else:
             if inode.is_symlink() and self._is_fast_symlink(inode):
                 result = []
@@ -508,16 +541,69 @@ class Filesystem:
                 result = []
             else:
                 max_logical = -(-inode.size // self.block_size) if inode.size else 0
-                result = [
-                    E.Extent(lg, pb, ln)
-                    for lg, pb, ln in blockmap_walk(
-                        inode.block, self.read_block, block_size=self.block_size,
-                        blocks_count=geo.blocks_count, first_data_block=geo.first_data_block,
-                        where=where, max_logical=max_logical,
-                    )
-                ]
+                quick = self._direct_map_extents(inode.block, max_logical)
+                if quick is not None:
+                    result = quick
+                else:
+                    result = [
+                        E.Extent(lg, pb, ln)
+                        for lg, pb, ln in blockmap_walk(
+                            inode.block, self.read_block, block_size=self.block_size,
+                            blocks_count=geo.blocks_count, first_data_block=geo.first_data_block,
+                            where=where, max_logical=max_logical,
+                        )
+                    ]
         self._map_cache.put(ino, result)
         return result
+
+    # Fast paths for the common small cases (a leaf in i_block; direct block pointers only).  They
+    # accept only what is plainly valid and return None otherwise, so that extents.py / blockmap.py
+    # do the checking and raise the precise error.
+    def _leaf_root_extents(self, block: bytes) -> list[E.Extent] | None:
+        magic, entries, eh_max, depth, _gen = _EXT_HEADER.unpack_from(block, 0)
+        if magic != K.EXT4_EXT_MAGIC or depth != 0 or not 0 < eh_max <= 4 or entries > eh_max:
+            return None
+        out: list[E.Extent] = []
+        floor = 0
+        lo_ok = self._min_data_block
+        blocks_count = self.geo.blocks_count
+        for k in range(entries):
+            ee_block, ee_len, start_hi, start_lo = _EXTENT.unpack_from(block, 12 + 12 * k)
+            unwritten = ee_len > K.EXT_INIT_MAX_LEN
+            length = ee_len - K.EXT_INIT_MAX_LEN if unwritten else ee_len
+            physical = start_hi << 32 | start_lo
+            if (
+                length == 0 or ee_block < floor or ee_block + length > E.MAX_LOGICAL
+                or physical < lo_ok or physical + length > blocks_count
+            ):
+                return None
+            out.append(E.Extent(ee_block, physical, length, unwritten))
+            floor = ee_block + length
+        return out
+
+    def _direct_map_extents(self, block: bytes, max_logical: int) -> list[E.Extent] | None:
+        pointers = _I_BLOCK_WORDS.unpack_from(block, 0)
+        if pointers[12] or pointers[13] or pointers[14]:
+            return None
+        out: list[E.Extent] = []
+        lo_ok = self._min_data_block
+        blocks_count = self.geo.blocks_count
+        run_logical = run_physical = run_length = 0
+        for logical in range(min(12, max_logical)):
+            p = pointers[logical]
+            if not p:
+                continue
+            if p < lo_ok or p >= blocks_count:
+                return None
+            if run_length and run_logical + run_length == logical and run_physical + run_length == p:
+                run_length += 1
+                continue
+            if run_length:
+                out.append(E.Extent(run_logical, run_physical, run_length))
+            run_logical, run_physical, run_length = logical, p, 1
+        if run_length:
+            out.append(E.Extent(run_logical, run_physical, run_length))
+        return out
 
     def _is_fast_symlink(self, inode: Inode) -> bool:
         if inode.has_inline_data():
@@ -534,6 +620,7 @@ class Filesystem:
         """
         if inode is None:
             inode = self.inode(ino)
+        self.check_size(ino, inode)
         size = inode.size
         bs = self.block_size
         for ext in self.extents_of(ino, inode):
@@ -542,6 +629,34 @@ class Filesystem:
                 break
             length = min(ext.length * bs, size - start)
             yield start, length, None if ext.unwritten else ext.physical
+
+    def max_file_size(self, inode: Inode) -> int:
+        """The largest i_size the on-disk format allows for this inode's kind of mapping.
+
+        Extent-mapped: 2^32 logical blocks; block-mapped: what the direct and indirect pointers
+        address (also capped at 2^32 blocks); inline data: one block (larger data would have
+        been moved out of the inode).
+        """
+        bs = self.block_size
+        if inode.has_inline_data():
+            return bs
+        if inode.has_extents():
+            return E.MAX_LOGICAL * bs
+        per = bs // 4
+        return min(12 + per + per * per + per * per * per, 1 << 32) * bs
+
+    def check_size(self, ino: int, inode: Inode) -> None:
+        """CorruptError when i_size is beyond what any file of this filesystem can hold.
+
+        Reading such a file would mean allocating or streaming petabytes of holes; the
+        kernel likewise refuses (i_size >= 2^63) or stops at s_maxbytes.
+        """
+        limit = self.max_file_size(inode)
+        if inode.size > limit:
+            raise CorruptError(
+                f"i_size {inode.size} is larger than any file of this filesystem can be ({limit} bytes)",
+                where=f"inode {ino}",
+            )
 
     def inline_bytes(self, ino: int, inode: Inode) -> bytes:
         """The data of an inline_data inode (i_block plus system.data)."""
@@ -557,43 +672,75 @@ class Filesystem:
         size = inode.size
         if offset >= size or length <= 0:
             return b""
+        self.check_size(ino, inode)
         length = min(length, size - offset)
         if inode.has_inline_data():
             data = self.inline_bytes(ino, inode)
             return data[offset : offset + length].ljust(length, b"\0")
         if inode.is_symlink() and self._is_fast_symlink(inode):
             return bytes(inode.block[offset : offset + length])
+        buf = bytearray(length)
+        n = self.read_into(ino, inode, offset, memoryview(buf))
+        del buf[n:]
+        return bytes(buf)
+
+    def read_into(self, ino: int, inode: Inode, offset: int, view: memoryview) -> int:
+        """Fill ``view`` with the file's bytes from ``offset`` (holes and unwritten extents as zeros).
+
+        Returns how many bytes were stored (less than ``len(view)`` only at the end of the file).
+        Data goes straight from the image into ``view`` (no intermediate copies), so streaming
+        through open() or ``pyext4 cat`` runs in constant memory at memory speed.  Raises
+        CorruptError, TruncatedError.
+        """
+        size = inode.size
+        if offset >= size or len(view) == 0:
+            return 0
+        length = min(len(view), size - offset)
+        if inode.has_inline_data() or (inode.is_symlink() and self._is_fast_symlink(inode)):
+            data = self.read_range(ino, inode, offset, length)
+            view[: len(data)] = data
+            return len(data)
+        self.check_size(ino, inode)
         bs = self.block_size
         extents = self.extents_of(ino, inode)
-        starts = [e.logical for e in extents] if len(extents) > 8 else None
-        out = bytearray()
+        i = max(0, bisect_right(extents, offset // bs, key=_extent_logical) - 1)
         pos = offset
         end = offset + length
-        if starts is not None:
-            i = max(0, bisect_right(starts, pos // bs) - 1)
-        else:
-            i = 0
+        fd = self.dev.fd if isinstance(self.dev, FileDevice) and self.dev.fd >= 0 else -1
+        dev_size = self.dev.size
         while pos < end:
             lblock = pos // bs
             while i < len(extents) and extents[i].logical + extents[i].length <= lblock:
                 i += 1
-            if i >= len(extents) or extents[i].logical > lblock:
-                # hole up to the next extent or the end
-                nxt = extents[i].logical * bs if i < len(extents) else end
-                stop = min(end, nxt)
-                out += bytes(stop - pos)
+            if i >= len(extents) or extents[i].logical > lblock or extents[i].unwritten:
+                if i < len(extents) and extents[i].logical <= lblock:  # unwritten: zeros to its end
+                    stop = min(end, (extents[i].logical + extents[i].length) * bs)
+                else:  # a hole up to the next extent or the end
+                    stop = min(end, extents[i].logical * bs) if i < len(extents) else end
+                _zero_fill(view[pos - offset : stop - offset])
                 pos = stop
                 continue
             ext = extents[i]
-            ext_end = (ext.logical + ext.length) * bs
-            stop = min(end, ext_end)
-            if ext.unwritten:
-                out += bytes(stop - pos)
+            stop = min(end, (ext.logical + ext.length) * bs)
+            phys_off = (ext.physical + lblock - ext.logical) * bs + pos % bs
+            want = stop - pos
+            if phys_off + want > dev_size:
+                raise TruncatedError(
+                    f"data at byte {phys_off} (+{want}) lies past the end of the image ({dev_size} bytes)",
+                    where=f"inode {ino}",
+                )
+            target = view[pos - offset : stop - offset]
+            if fd >= 0:
+                got = os.preadv(fd, [target], phys_off)
+                while got < want:
+                    more = os.preadv(fd, [target[got:]], phys_off + got)
+                    if more <= 0:
+                        raise TruncatedError(f"short read at byte {phys_off + got}", where=f"inode {ino}")
+                    got += more
             else:
-                phys_off = (ext.physical + lblock - ext.logical) * bs + pos % bs
-                out += self.dev.pread(phys_off, stop - pos)
+                target[:] = self.dev.pread(phys_off, want)
             pos = stop
-        return bytes(out)
+        return length
 
     # ---------------------------------------------------------- directories
     def _dir_block_iter(self, ino: int, inode: Inode) -> Iterator[tuple[int, bytes]]:
@@ -642,9 +789,7 @@ class Filesystem:
         where_b = f"{where} block {logical}"
         if indexed and D.is_dx_block(raw, bs, logical == 0):
             if self.metadata_csum and self._checking:
-                ok = D.dx_csum_ok(raw, iseed, block_size=bs, is_root=logical == 0)
-                if ok is False:
-                    self._checksum_problem(ChecksumError("htree node", expected=0, actual=0, where=where_b))
+                self._check_dx_csum(raw, iseed, where_b)
             if logical == 0:
                 return D.dx_root_dot_entries(raw, filetype=self.filetype, where=where_b)
             return []
@@ -658,6 +803,17 @@ class Filesystem:
                     ChecksumError("directory block", expected=stored, actual=dir_block_csum(iseed, raw), where=where_b)
                 )
         return D.parse_block(raw, block_size=bs, filetype=self.filetype, has_tail=has_tail, where=where_b)
+
+    def _check_dx_csum(self, raw: bytes, iseed: int, where: str) -> None:
+        """An htree root's or node's dx_tail checksum, per the verify policy."""
+        try:
+            D.verify_dx_csum(raw, iseed, block_size=self.block_size, where=where)
+        except ChecksumError as exc:
+            self._checksum_problem(exc)
+        except CorruptError as exc:  # no room for the tail: the kernel would not trust it either
+            if self.verify == "strict":
+                raise
+            warnings.warn(str(exc), Ext4Warning, stacklevel=4)
 
     def _name_map(self, ino: int, inode: Inode) -> dict[bytes, tuple[int, int]]:
         cached = self._dir_cache.get_item(ino)
@@ -698,6 +854,7 @@ class Filesystem:
         extents = self.extents_of(dir_ino, inode)
         nblocks = -(-inode.dir_size(self.large_dir) // bs)
         iseed = self._iseed(dir_ino, inode) if self.metadata_csum else 0
+        check_csum = self.metadata_csum and self._checking
 
         def read_logical(logical: int) -> bytes:
             if logical < 0 or logical >= nblocks:
@@ -706,7 +863,10 @@ class Filesystem:
                 if ext.logical <= logical < ext.logical + ext.length:
                     if ext.unwritten:
                         return bytes(bs)
-                    return self.read_block(ext.physical + logical - ext.logical)
+                    raw = self.read_block(ext.physical + logical - ext.logical)
+                    if check_csum and D.is_dx_block(raw, bs, logical == 0):
+                        self._check_dx_csum(raw, iseed, f"{where} block {logical}")
+                    return raw
             raise CorruptError(f"htree points at unmapped block {logical}", where=where)
 
         try:
@@ -852,11 +1012,14 @@ class Filesystem:
     def listdir(self, path: str | bytes | os.PathLike[str] = "/") -> list[str]:
         return [e.name for e in self.scandir(path)]
 
-    def walk(self, top: str | bytes | os.PathLike[str] = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+    def walk(
+        self, top: str | bytes | os.PathLike[str] = "/", *, onerror: Callable[[Ext4Error], None] | None = None,
+    ) -> Iterator[tuple[str, list[str], list[str]]]:
         """Like os.walk (top-down): (dirpath, dirnames, filenames); symlinks to dirs are not followed.
 
         A directory reached twice (a hard-linked directory in a corrupt image) is
-        reported once, so the walk always ends.
+        reported once, so the walk always ends.  A directory that cannot be read
+        raises its Ext4Error, or, with ``onerror``, is passed to it and skipped.
         """
         top_s = "/" + "/".join(decode_name(p) for p in split_path(top))
         start = self.resolve(top)
@@ -867,13 +1030,19 @@ class Filesystem:
             dirs: list[str] = []
             files: list[str] = []
             subdirs: list[tuple[str, int]] = []
-            for name, child, ft in self.dir_entries(ino):
-                sname = decode_name(name)
-                if ft == K.FT_DIR or (ft == K.FT_UNKNOWN and self.inode(child).is_dir()):
-                    dirs.append(sname)
-                    subdirs.append((sname, child))
-                else:
-                    files.append(sname)
+            try:
+                for name, child, ft in self.dir_entries(ino):
+                    sname = decode_name(name)
+                    if ft == K.FT_DIR or (ft == K.FT_UNKNOWN and self._is_dir_ino(child, onerror)):
+                        dirs.append(sname)
+                        subdirs.append((sname, child))
+                    else:
+                        files.append(sname)
+            except Ext4Error as exc:
+                if onerror is None:
+                    raise
+                onerror(exc)
+                continue
             yield dirpath, dirs, files
             keep = set(dirs)
             for sname, child in reversed(subdirs):
@@ -881,8 +1050,14 @@ class Filesystem:
                     seen.add(child)
                     pending.append((join_path(dirpath, sname), child))
 
-    def walk_entries(self, top: str | bytes | os.PathLike[str] = "/") -> Iterator[DirEntry]:
-        """Every entry under ``top`` (pre-order), as DirEntry objects (inode numbers included)."""
+    def walk_entries(
+        self, top: str | bytes | os.PathLike[str] = "/", *, onerror: Callable[[Ext4Error], None] | None = None,
+    ) -> Iterator[DirEntry]:
+        """Every entry under ``top`` (pre-order), as DirEntry objects (inode numbers included).
+
+        Ends on any image (each directory is entered once).  A directory that cannot
+        be read raises its Ext4Error, or, with ``onerror``, is passed to it and skipped.
+        """
         top_s = "/" + "/".join(decode_name(p) for p in split_path(top))
         start = self.resolve(top)
         seen = {start}
@@ -890,15 +1065,31 @@ class Filesystem:
         while pending:
             dirpath, ino = pending.pop()
             subdirs = []
-            for name, child, ft in self.dir_entries(ino):
+            try:
+                listing = self.dir_entries(ino)
+            except Ext4Error as exc:
+                if onerror is None:
+                    raise
+                onerror(exc)
+                continue
+            for name, child, ft in listing:
                 sname = decode_name(name)
                 entry = DirEntry(sname, join_path(dirpath, sname), child, ft)
                 yield entry
-                if ft == K.FT_DIR or (ft == K.FT_UNKNOWN and self.inode(child).is_dir()):
+                if ft == K.FT_DIR or (ft == K.FT_UNKNOWN and self._is_dir_ino(child, onerror)):
                     if child not in seen:
                         seen.add(child)
                         subdirs.append((entry.path, child))
             pending.extend(reversed(subdirs))
+
+    def _is_dir_ino(self, ino: int, onerror: Callable[[Ext4Error], None] | None) -> bool:
+        try:
+            return self.inode(ino).is_dir()
+        except Ext4Error as exc:
+            if onerror is None:
+                raise
+            onerror(exc)
+            return False
 
     def _file_ino(self, path: str | bytes | os.PathLike[str] | DirEntry | int) -> tuple[int, Inode, str]:
         if isinstance(path, int):
@@ -914,9 +1105,19 @@ class Filesystem:
             raise IsADirectory(shown)
         return ino, inode, shown
 
-    def read_bytes(self, path: str | bytes | os.PathLike[str] | DirEntry | int) -> bytes:
-        """The whole content of a file (symlinks followed)."""
-        ino, inode, _ = self._file_ino(path)
+    def read_bytes(self, path: str | bytes | os.PathLike[str] | DirEntry | int, *,
+                   max_size: int | None = READ_BYTES_LIMIT) -> bytes:
+        """The whole content of a file (symlinks followed), in memory.
+
+        A file larger than ``max_size`` (default 1 GiB; None lifts it) raises FileTooLarge
+        rather than allocate its size, holes included: stream it with open() or data_segments().
+        Raises CorruptError for an i_size no file of this filesystem can have.
+        """
+        ino, inode, shown = self._file_ino(path)
+        self.check_size(ino, inode)
+        if max_size is not None and inode.size > max_size:
+            raise FileTooLarge(shown, f"{inode.size} bytes is more than read_bytes reads into memory "
+                                      f"({max_size}); stream it with open()")
         return self.read_range(ino, inode, 0, inode.size)
 
     def read_text(self, path: str | bytes | os.PathLike[str], encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -927,6 +1128,7 @@ class Filesystem:
         if mode not in ("r", "rb"):
             raise ReadOnlyError("files are opened read-only; use write_file to change them")
         ino, inode, _ = self._file_ino(path)
+        self.check_size(ino, inode)
         return io.BufferedReader(Ext4File(self, ino, inode), buffer_size=max(self.block_size, 1 << 17))
 
     def readlink(self, path: str | bytes | os.PathLike[str]) -> str:
@@ -1125,6 +1327,7 @@ class Ext4File(io.RawIOBase):
         self.size = inode.size
         self._pos = 0
         self.name = f"inode {ino}"
+        self._direct = type(fs).read_range is Filesystem.read_range
 
     def readable(self) -> bool:
         return True
@@ -1154,10 +1357,14 @@ class Ext4File(io.RawIOBase):
         want = min(len(view), max(0, self.size - self._pos))
         if want <= 0:
             return 0
-        data = self.fs.read_range(self.ino, self.inode, self._pos, want)
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        if self._direct:
+            n = self.fs.read_into(self.ino, self.inode, self._pos, view[:want])
+        else:  # a subclass (the writer) overlays pending data in read_range
+            data = self.fs.read_range(self.ino, self.inode, self._pos, want)
+            n = len(data)
+            view[:n] = data
+        self._pos += n
+        return n
 
 
 def open_filesystem(path: str | os.PathLike[str], **kwargs: Any) -> Filesystem:
@@ -1165,4 +1372,4 @@ def open_filesystem(path: str | os.PathLike[str], **kwargs: Any) -> Filesystem:
     return Filesystem.open(path, **kwargs)
 
 
-__all__ = ["Filesystem", "Stat", "DirEntry", "Ext4File", "Ext4Warning", "Ext4Error"]
+__all__ = ["Filesystem", "Stat", "DirEntry", "Ext4File", "Ext4Warning", "Ext4Error", "FileTooLarge"]
