@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .errors import BangerError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pyext4 import Filesystem
+    from pyext4 import WritableFilesystem as Filesystem
 
 DIR_MODE = 0o755
 

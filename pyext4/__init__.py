@@ -36,12 +36,14 @@ _LAZY = {
     "Filesystem": ("pyext4.writer", "Filesystem"),
     "Stat": ("pyext4.reader", "Stat"),
     "DirEntry": ("pyext4.reader", "DirEntry"),
+    "WritableFilesystem": ("pyext4.writer", "WritableFilesystem"),
     "populate": ("pyext4.populate", "populate"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .populate import populate
     from .reader import DirEntry, Filesystem, Stat
+    from .writer import WritableFilesystem
 
 
 def __getattr__(name: str) -> Any:
@@ -65,5 +67,5 @@ __all__ = [
     "FileNotFound", "Filesystem", "ImageBusy", "InvalidOptions", "InvalidPath", "IsADirectory",
     "LoopError", "NameTooLong", "NeedsRecovery", "NoSpace", "NotADirectory", "PathError",
     "ReadOnlyError", "Stat", "SymlinkLoop", "TruncatedError", "UnsafePath", "UnsupportedFeature",
-    "mkfs", "parse_size", "populate",
+    "WritableFilesystem", "mkfs", "parse_size", "populate",
 ]

@@ -2,11 +2,15 @@
 
 Every public operation runs as a unit: blocks and inodes are allocated first
 (ENOSPC leaves nothing changed), file data goes straight to newly allocated
-blocks, and all metadata changes stay in memory, with an undo log, until
-:meth:`flush`.  flush() writes metadata blocks and inodes, then bitmaps and
-group descriptors, then the superblock, then fsyncs.  The set of dirty
-metadata blocks is explicit (``dirty_metadata()``) so that it can later go
-through the jbd2 journal.
+blocks (data for blocks freed earlier in the session waits for flush, since
+the image still gives them to their old owner), and all metadata changes stay
+in memory, with an undo log, until :meth:`flush`.  flush() writes new
+structures before the old ones that will point at them (see flush), then
+bitmaps and group descriptors, then the superblock, then fsyncs.  The set of
+dirty metadata blocks is explicit (``dirty_metadata()``) so that it can later
+go through the jbd2 journal.  Damage found on anything being changed
+(checksums, bitmap counts, double frees, an inode in use that the bitmap calls
+free) is refused unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import fcntl
 import os
 import stat as _stat
 import time as _time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
+from . import _codecs as C
 from . import alloc as A
 from . import constants as K
 from . import dirent as D
@@ -28,9 +34,10 @@ from . import xattr as X
 from .bitmap import Bitmap
 from .blockdev import Device, FileDevice
 from .blockmap import build as blockmap_build
+from .blockmap import capacity as blockmap_capacity
 from .blockmap import meta_blocks as blockmap_meta
 from .blockmap import meta_needed as blockmap_meta_needed
-from .csum import bitmap_csum, inode_seed
+from .csum import bitmap_csum, extent_block_csum, inode_seed
 from .errors import (
     ChecksumError,
     CorruptError,
@@ -50,10 +57,12 @@ from .errors import (
 )
 from .groupdesc import GroupDesc
 from .inode import Inode, set_checksum
-from .reader import Filesystem, decode_name, encode_name, register_writable_opener, split_path
+from .reader import Ext4Warning, Filesystem, decode_name, encode_name, register_writable_opener, split_path
 
 _NS = 1_000_000_000
 _DATA_CHUNK = 8 << 20
+_SMALL_FILE = 64 << 10
+_WRITEBACK_MIN = 4 << 20
 _EXT_HEADER_EMPTY = None  # built lazily per block size
 
 
@@ -126,11 +135,15 @@ class WritableFilesystem(Filesystem):
 
     def __init__(self, dev: Device, *, path: str | None = None, verify: str = "strict", superblock: int | None = None,
                  force: bool = False, now: float | int | None = None, owns_device: bool = True) -> None:
+        # Damage on anything being changed is refused unless forced: checksum problems raise
+        # ("strict"), or with force=True only warn; verify="off" skips checking altogether.
+        self.force = force
+        if verify != "off":
+            verify = "warn" if force else "strict"
         super().__init__(dev, writable=True, verify=verify, allow_needs_recovery=False, superblock=superblock,
                          path=path, owns_device=owns_device)
         if superblock is not None:
             raise InvalidOptions("writing through a backup superblock is not supported; run e2fsck first")
-        self.force = force
         self._now_override = now
         self._bb: dict[int, Bitmap] = {}
         self._ib: dict[int, Bitmap] = {}
@@ -142,6 +155,19 @@ class WritableFilesystem(Filesystem):
         self._sb_dirty = False
         self._undo: _Undo | None = None
         self._data_written = 0
+        # Blocks freed since the last flush (per group, as bit masks) and data held back for them.
+        self._recycled: dict[int, int] = {}
+        self._deferred: dict[int, bytes] = {}
+        # Blocks and inodes allocated since the last flush, and staged htree index blocks (flush order).
+        self._fresh: dict[int, int] = {}
+        self._fresh_inodes: set[int] = set()
+        self._block_priority: dict[int, int] = {}
+        # Name maps of directories this session keeps changing (kept up to date, not re-read).
+        self._names: dict[int, dict[bytes, tuple[int, int]]] = {}
+        self._alloc_cursor: dict[int, int] = {}
+        self._insert_hints: dict[int, tuple[bytes, int]] = {}
+        self._hint_offset = -1
+        self._dir_changes: dict[int, int] = {}
         if self.sb["s_state"] & K.STATE_ERROR and not force:
             raise CorruptError(
                 "the filesystem is marked as having errors; run e2fsck first (or force=True)", where="superblock"
@@ -152,6 +178,15 @@ class WritableFilesystem(Filesystem):
             self._want_extra = 32
         if self._want_extra > self.geo.inode_size - 128:
             self._want_extra = self.geo.inode_size - 128
+
+    def __enter__(self) -> WritableFilesystem:
+        return self
+
+    def _checksum_problem(self, error: ChecksumError) -> None:
+        if getattr(self, "force", False):
+            warnings.warn(f"{error} (writing anyway: force=True)", Ext4Warning, stacklevel=4)
+            return
+        raise error
 
     @classmethod
     def open_writable(
@@ -203,6 +238,7 @@ class WritableFilesystem(Filesystem):
         self._undo = None
 
     def _drop_caches(self) -> None:
+        self._names.clear()
         self._dir_cache.clear()
         self._map_cache.clear()
         self._inode_cache.clear()
@@ -266,8 +302,14 @@ class WritableFilesystem(Filesystem):
         return super().inode_raw(ino)
 
     # --------------------------------------------------------- metadata
-    def _put_block(self, block: int, data: bytes | bytearray) -> None:
-        """Stage a metadata block for flush()."""
+    def _put_block(self, block: int, data: bytes | bytearray, *, priority: int = 2) -> None:
+        """Stage a metadata block for flush().
+
+        ``priority`` orders the rewriting of existing blocks: 0 mapping blocks
+        (extent tree, indirect), 1 htree index blocks, 2 the rest (leaves).
+        """
+        if priority < 2:
+            self._block_priority[block] = min(priority, self._block_priority.get(block, 2))
         if self._undo is not None and block not in self._undo.saved_blocks:
             self._undo.saved_blocks.add(block)
             old = self._dirty_blocks.get(block)
@@ -298,7 +340,12 @@ class WritableFilesystem(Filesystem):
         self._inode_cache.pop(ino, None)
 
     def _edit_inode(self, ino: int) -> Inode:
-        """A private copy of inode ``ino`` staged for writing."""
+        """A private copy of inode ``ino`` staged for writing (the same one for the rest of the operation)."""
+        undo = self._undo
+        if undo is not None and ino in undo.saved_inodes:
+            staged = self._dirty_inodes.get(ino)
+            if staged is not None:
+                return staged
         current = self.inode(ino)
         copy = current.copy()
         self._put_inode(ino, copy)
@@ -319,6 +366,7 @@ class WritableFilesystem(Filesystem):
             "inode_bitmaps": sorted(self._dirty_ib),
             "group_descriptors": sorted(self._dirty_desc),
             "superblock": self._sb_dirty,
+            "deferred_data": sorted(self._deferred),
         }
 
     # ---------------------------------------------------------- bitmaps
@@ -441,7 +489,12 @@ class WritableFilesystem(Filesystem):
         return self.sb.free_blocks_count
 
     def allocate_blocks(self, count: int, goal: int) -> list[tuple[int, int]]:
-        """``count`` blocks as few runs as possible near ``goal``: [(start, length)]; NoSpace if short."""
+        """``count`` blocks in as few runs as possible near ``goal``: [(start, length)]; NoSpace if short.
+
+        Blocks freed since the last flush are taken only when nothing else is
+        left: until flush() the image still shows their old owner, so data
+        for them is held back (see _write_data) rather than written over it.
+        """
         if count <= 0:
             return []
         if count > self.sb.free_blocks_count:
@@ -449,58 +502,18 @@ class WritableFilesystem(Filesystem):
         geo = self.geo
         if goal < geo.first_data_block or goal >= geo.blocks_count:
             goal = geo.first_data_block
-        runs: list[tuple[int, int]] = []
-        remaining = count
-        goal_group = geo.group_of_block(goal)
-        # First pass: a group with a run long enough for everything (few extents);
-        # second pass: take what there is, in group order from the goal.
-        for whole in (True, False):
-            for group in A.groups_from(goal_group, geo.group_count):
-                if remaining <= 0:
-                    break
-                desc = self.group_desc(group)
-                if desc.free_blocks == 0:
-                    continue
-                if whole and desc.free_blocks < remaining:
-                    continue
-                bm = self._block_bitmap(group)
-                start_block = geo.group_first_block(group)
-                offset_goal = goal - start_block if group == goal_group else 0
-                while remaining > 0:
-                    free_runs = bm.zero_runs(0, bm.size)
-                    if not free_runs:
-                        break
-                    if whole:
-                        pick = None
-                        for s, length in free_runs:
-                            if length >= remaining and s + length > offset_goal:
-                                b = max(s, offset_goal)
-                                if s + length - b < remaining:
-                                    b = s
-                                pick = (b, remaining)
-                                break
-                        if pick is None:
-                            for s, length in free_runs:
-                                if length >= remaining:
-                                    pick = (s, remaining)
-                                    break
-                        if pick is None:
-                            break
-                    else:
-                        pick = A.choose_run(free_runs, offset_goal, remaining)
-                        if pick is None:
-                            break
-                    s, n = pick
-                    self._take_blocks(group, s, n)
-                    runs.append((start_block + s, n))
-                    remaining -= n
-                    offset_goal = s + n
-                if whole and remaining <= 0:
-                    break
-            if remaining <= 0:
-                break
-        if remaining > 0:
+        picks = self._quick_pick(count, goal)
+        if picks is None and self._recycled:
+            picks = self._plan_runs(count, goal, avoid_recycled=True)
+        if picks is None:
+            picks = self._plan_runs(count, goal, avoid_recycled=False)
+        if picks is None:
             raise NoSpace(f"no space left: could not find {count} free blocks")
+        runs: list[tuple[int, int]] = []
+        for group, start, n in picks:
+            self._take_blocks(group, start, n)
+            self._fresh[group] = self._fresh.get(group, 0) | (((1 << n) - 1) << start)
+            runs.append((geo.group_first_block(group) + start, n))
         runs.sort()
         merged: list[tuple[int, int]] = []
         for s, n in runs:
@@ -508,7 +521,75 @@ class WritableFilesystem(Filesystem):
                 merged[-1] = (merged[-1][0], merged[-1][1] + n)
             else:
                 merged.append((s, n))
+        group = geo.group_of_block(goal)
+        if geo.flex_bg and geo.log_groups_per_flex:
+            group = A.flex_start(group, geo.log_groups_per_flex)
+        start = geo.group_first_block(group)
+        end = merged[-1][0] + merged[-1][1]
+        if end > self._alloc_cursor.get(start, start) and geo.group_of_block(end - 1) >> geo.log_groups_per_flex \
+                == group >> geo.log_groups_per_flex:
+            self._alloc_cursor[start] = end
         return merged
+
+    def _quick_pick(self, count: int, goal: int) -> list[tuple[int, int, int]] | None:
+        """The common case: ``count`` free blocks in one run at or after the goal, in the goal's group."""
+        geo = self.geo
+        group = geo.group_of_block(goal)
+        if self.group_desc(group).free_blocks < count:
+            return None
+        bm = self._block_bitmap(group)
+        first = geo.group_first_block(group)
+        index = bm.find_zero_run(count, goal - first)
+        if index < 0:
+            return None
+        if self._recycled.get(group, 0) >> index & ((1 << count) - 1):
+            return None
+        return [(group, index, count)]
+
+    def _plan_runs(self, count: int, goal: int, *, avoid_recycled: bool) -> list[tuple[int, int, int]] | None:
+        """(group, start in group, length) picks covering ``count`` blocks, or None when there is not room."""
+        geo = self.geo
+        goal_group = geo.group_of_block(goal)
+        picks: list[tuple[int, int, int]] = []
+        taken: dict[int, int] = {}
+        remaining = count
+        # First pass: one group with a run long enough for everything (one extent);
+        # second pass: whatever there is, group by group from the goal.
+        for whole in (True, False):
+            for group in A.groups_from(goal_group, geo.group_count):
+                if remaining <= 0:
+                    break
+                desc = self.group_desc(group)
+                if desc.free_blocks == 0 or (whole and desc.free_blocks < remaining):
+                    continue
+                bm = self._block_bitmap(group)
+                bits = bm.bits | taken.get(group, 0)
+                if avoid_recycled:
+                    bits |= self._recycled.get(group, 0)
+                view = Bitmap(bm.size)
+                view.bits = bits
+                offset_goal = goal - geo.group_first_block(group) if group == goal_group else 0
+                while remaining > 0:
+                    free_runs = view.zero_runs(0, view.size)
+                    if not free_runs:
+                        break
+                    if whole:
+                        pick = A.choose_run([r for r in free_runs if r[1] >= remaining], offset_goal, remaining)
+                    else:
+                        pick = A.choose_run(free_runs, offset_goal, remaining)
+                    if pick is None:
+                        break
+                    s, n = pick
+                    view.set_range(s, n)
+                    taken[group] = taken.get(group, 0) | (((1 << n) - 1) << s)
+                    picks.append((group, s, n))
+                    remaining -= n
+                    offset_goal = s + n
+                if whole and remaining <= 0:
+                    break
+            if remaining <= 0:
+                break
+        return picks if remaining <= 0 else None
 
     def _take_blocks(self, group: int, start: int, count: int) -> None:
         self._mark_bb(group, start, count, True)
@@ -533,12 +614,115 @@ class WritableFilesystem(Filesystem):
                 raise CorruptError(f"blocks {block}..{block + n - 1} are already free (double free)",
                                    where=f"group {group}")
             self._mark_bb(group, block - start, n, False)
+            self._forget_dirty(block, n)
+            self._recycled[group] = self._recycled.get(group, 0) | (((1 << n) - 1) << (block - start))
             desc = self._touch_desc(group)
             desc.free_blocks += used
             self._touch_sb()
             self.sb.free_blocks_count = self.sb.free_blocks_count + used
             block += n
             count -= n
+
+    def _forget_dirty(self, block: int, count: int) -> None:
+        """Drop staged metadata for freed blocks: a later owner (file data written directly) must win."""
+        dirty = self._dirty_blocks
+        if not dirty:
+            return
+        if count < len(dirty):
+            hits = [b for b in range(block, block + count) if b in dirty]
+        else:
+            hits = [b for b in dirty if block <= b < block + count]
+        for b in hits:
+            self._record(_restorer(dirty, b))
+            del dirty[b]
+
+    # ------------------------------------------------------------ file data
+    def _recycled_in(self, block: int, count: int) -> bool:
+        """Whether any of ``[block, block+count)`` was freed since the last flush."""
+        if not self._recycled:
+            return False
+        geo = self.geo
+        while count > 0:
+            group = geo.group_of_block(block)
+            first = geo.group_first_block(group)
+            n = min(count, first + geo.group_blocks(group) - block)
+            mask = self._recycled.get(group)
+            if mask and (mask >> (block - first)) & ((1 << n) - 1):
+                return True
+            block += n
+            count -= n
+        return False
+
+    def _data_pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write file data at a byte offset of the device.
+
+        Goes straight to the device, except over blocks freed since the last
+        flush: the image still gives those to their old owner, so their new
+        contents wait in memory until flush() (and vanish if the operation fails).
+        """
+        bs = self.block_size
+        length = len(data)
+        if length == 0:
+            return
+        first = offset // bs
+        count = (offset + length - 1) // bs - first + 1
+        self._data_written += length
+        if not self._recycled_in(first, count):
+            self.dev.pwrite(offset, data)
+            return
+        view = memoryview(data)
+        deferred = self._deferred
+        for k in range(count):
+            block = first + k
+            lo = max(offset, block * bs)
+            hi = min(offset + length, (block + 1) * bs)
+            if lo == block * bs and hi == (block + 1) * bs:
+                piece = bytes(view[lo - offset : hi - offset])
+            else:
+                base = bytearray(deferred.get(block) or self.dev.pread(block * bs, bs))
+                base[lo - block * bs : hi - block * bs] = view[lo - offset : hi - offset]
+                piece = bytes(base)
+            self._record(_restorer(deferred, block))
+            deferred[block] = piece
+
+    def _data_pread(self, offset: int, length: int) -> bytes:
+        """Read file data at a byte offset, seeing data held back by _data_pwrite."""
+        raw = self.dev.pread(offset, length)
+        if not self._deferred or length == 0:
+            return raw
+        bs = self.block_size
+        out = bytearray(raw)
+        first = offset // bs
+        last = (offset + length - 1) // bs
+        blocks = (range(first, last + 1) if last - first < len(self._deferred)
+                  else sorted(b for b in self._deferred if first <= b <= last))
+        for block in blocks:
+            piece = self._deferred.get(block)
+            if piece is None:
+                continue
+            lo = max(offset, block * bs)
+            hi = min(offset + length, (block + 1) * bs)
+            out[lo - offset : hi - offset] = piece[lo - block * bs : hi - block * bs]
+        return bytes(out)
+
+    def read_range(self, ino: int, inode: Inode, offset: int, length: int) -> bytes:
+        if not self._deferred:
+            return super().read_range(ino, inode, offset, length)
+        data = bytearray(super().read_range(ino, inode, offset, length))
+        if not data or inode.has_inline_data():
+            return bytes(data)
+        bs = self.block_size
+        end = offset + len(data)
+        for ext in self.extents_of(ino, inode):
+            if ext.unwritten:
+                continue
+            lo = max(offset, ext.logical * bs)
+            hi = min(end, (ext.logical + ext.length) * bs)
+            if lo >= hi:
+                continue
+            phys = (ext.physical - ext.logical) * bs
+            data[lo - offset : hi - offset] = self._data_pread(phys + lo, hi - lo)
+        return bytes(data)
 
     def allocate_inode(self, parent_ino: int, *, is_dir: bool, name: bytes = b"") -> int:
         """A free inode number near its parent (Orlov-like spread for directories)."""
@@ -566,6 +750,7 @@ class WritableFilesystem(Filesystem):
             index = bm.find_zero(lowest)
             if index < 0:
                 continue
+            self._check_inode_free(group, desc, index)
             self._mark_ib(group, index, True)
             desc = self._touch_desc(group)
             desc.free_inodes -= 1
@@ -579,11 +764,33 @@ class WritableFilesystem(Filesystem):
             self._touch_sb()
             self.sb["s_free_inodes_count"] -= 1
             ino = group * self._ipg + index + 1
+            self._fresh_inodes.add(ino)
+            self._names.pop(ino, None)
+            self._dir_changes.pop(ino, None)
             self._inode_cache.pop(ino, None)
             self._map_cache.pop(ino, None)
             self._dir_cache.pop(ino, None)
             return ino
         raise NoSpace("no free inodes left")
+
+    def _check_inode_free(self, group: int, desc: GroupDesc, index: int) -> None:
+        """Refuse to hand out an inode the bitmap calls free while the table shows it in use."""
+        if self.force:
+            return
+        if self.sb.group_desc_csum and (desc.flags & K.BG_INODE_UNINIT or index >= self._ipg - desc.itable_unused):
+            return  # the table there was never initialised
+        ino = group * self._ipg + index + 1
+        inode = self._dirty_inodes.get(ino)
+        if inode is not None:
+            in_use = bool(inode.links_count and inode.mode and not inode.dtime)
+        else:
+            raw = Filesystem.inode_raw(self, ino)  # i_mode at 0, i_dtime at 20, i_links_count at 26
+            in_use = bool(raw[26:28] != b"\0\0" and raw[0:2] != b"\0\0" and raw[20:24] == b"\0\0\0\0")
+        if in_use:
+            raise CorruptError(
+                f"the inode bitmap says inode {ino} is free but it is in use; run e2fsck first (or force=True)",
+                where=f"group {group}",
+            )
 
     def _free_inode(self, ino: int, *, is_dir: bool) -> None:
         group, index = divmod(ino - 1, self._ipg)
@@ -600,6 +807,7 @@ class WritableFilesystem(Filesystem):
 
     # ----------------------------------------------------- inode helpers
     def _new_inode(self, mode: int, uid: int, gid: int, now: int) -> Inode:
+        _check_owner(uid, gid)
         inode = Inode()
         inode.mode = mode
         inode.uid = uid
@@ -625,7 +833,25 @@ class WritableFilesystem(Filesystem):
         group = geo.group_of_ino(ino)
         if geo.flex_bg and geo.log_groups_per_flex:
             group = A.flex_start(group, geo.log_groups_per_flex)
-        return geo.group_first_block(group)
+        start = geo.group_first_block(group)
+        # New files follow the ones made before them (as the kernel's allocation streams do).
+        return self._alloc_cursor.get(start, start)
+
+    def _max_size(self, inode: Inode) -> int:
+        """The largest size this inode's mapping can describe (extent trees reach 2^32 - 1 blocks)."""
+        bs = self.block_size
+        if inode.has_extents() or (self.extents_feature and not inode.has_inline_data()):
+            return ((1 << 32) - 1) * bs
+        return int(blockmap_capacity(bs)) * bs
+
+    def _set_size(self, inode: Inode, size: int) -> None:
+        """Set i_size, refusing what the mapping cannot hold and noting large_file as the kernel does."""
+        if size > self._max_size(inode):
+            raise InvalidOptions(f"a file of {size} bytes is larger than this filesystem allows (EFBIG)")
+        if size >= 1 << 31 and inode.is_reg() and not self.sb.has_ro_compat("large_file"):
+            self._touch_sb()
+            self.sb.set_feature("large_file")
+        inode.size = size
 
     def _sectors(self, blocks: int) -> int:
         return blocks * (self.block_size // 512)
@@ -638,9 +864,23 @@ class WritableFilesystem(Filesystem):
         if inode.is_device() or inode.file_type in (K.S_IFIFO, K.S_IFSOCK):
             return [], []
         if inode.has_extents():
+            verify = None
+            if self.metadata_csum and self._checking:
+                iseed = inode_seed(self.seed, ino, inode.generation)
+
+                def verify(block: int, raw: bytes, eh_max: int) -> None:
+                    tail = 12 + 12 * eh_max
+                    if tail + 4 > len(raw):
+                        return
+                    stored = int.from_bytes(raw[tail : tail + 4], "little")
+                    actual = extent_block_csum(iseed, raw, eh_max)
+                    if stored != actual:
+                        self._checksum_problem(ChecksumError("extent block", expected=stored, actual=actual,
+                                                             where=f"inode {ino} block {block}"))
+
             extents, tree = E.scan(
                 inode.block, self.read_block, block_size=self.block_size, blocks_count=geo.blocks_count,
-                first_data_block=geo.first_data_block, ino=ino,
+                first_data_block=geo.first_data_block, ino=ino, verify=verify,
             )
             return extents, tree
         exts = self.extents_of(ino, inode)
@@ -689,7 +929,7 @@ class WritableFilesystem(Filesystem):
             )
             inode.block = bytes(root)
         for block, data in blocks:
-            self._put_block(block, data)
+            self._put_block(block, data, priority=0)
         xattr_blocks = 1 if inode.file_acl else 0
         inode.set_blocks_512(self._sectors(data_blocks + needed + xattr_blocks), self.huge_file, bs)
         self._map_cache.pop(ino, None)
@@ -730,8 +970,36 @@ class WritableFilesystem(Filesystem):
     def _ft(self, mode: int) -> int:
         return K.MODE_TO_FT.get(mode & K.S_IFMT, 0) if self.filetype else 0
 
+    def lookup(self, dir_ino: int, name: bytes) -> tuple[int, int] | None:
+        names = self._names.get(dir_ino)
+        if names is not None and name != b"." and name != b"..":
+            return names.get(name)
+        return super().lookup(dir_ino, name)
+
+    def _names_of(self, dir_ino: int) -> dict[bytes, tuple[int, int]] | None:
+        """The name map of a directory changed more than once this session (built on its second change)."""
+        names = self._names.get(dir_ino)
+        if names is None:
+            changes = self._dir_changes.get(dir_ino, 0) + 1
+            if len(self._dir_changes) > 4096:
+                self._dir_changes.clear()
+            self._dir_changes[dir_ino] = changes
+            if changes >= 2:
+                if len(self._names) >= 64:
+                    self._names.pop(next(iter(self._names)))
+                names = {n: (i, ft) for n, i, ft in self.dir_entries(dir_ino)}
+                self._names[dir_ino] = names
+        return names
+
     def _add_entry(self, dir_ino: int, name: bytes, child: int, child_mode: int) -> None:
         """Link ``name`` -> ``child`` into directory ``dir_ino`` (linear, htree or inline)."""
+        names = self._names_of(dir_ino)
+        self._add_entry_raw(dir_ino, name, child, child_mode, check_duplicate=names is None)
+        if names is not None:
+            names[name] = (child, self._ft(child_mode))
+
+    def _add_entry_raw(self, dir_ino: int, name: bytes, child: int, child_mode: int, *,
+                       check_duplicate: bool = True) -> None:
         if len(name) > K.NAME_LEN:
             raise NameTooLong(decode_name(name))
         if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
@@ -744,7 +1012,7 @@ class WritableFilesystem(Filesystem):
         indexed = bool(inode.flags & K.INDEX_FL) and self.dir_index
         if indexed:
             try:
-                if self._htree_add(dir_ino, inode, name, child, ft):
+                if self._htree_add(dir_ino, inode, name, child, ft, check_duplicate=check_duplicate):
                     self._dir_cache.pop(dir_ino, None)
                     return
             except CorruptError:
@@ -759,13 +1027,16 @@ class WritableFilesystem(Filesystem):
             physical = mapping.get(logical)
             if physical is None:
                 continue
-            buf = bytearray(self.read_block(physical))
+            raw = self.read_block(physical)
+            buf = bytearray(raw)
             has_tail = self.metadata_csum and D.has_tail(buf, bs)
             if D.is_dx_block(buf, bs, logical == 0) and logical != 0:
                 continue
-            if D.insert_into_block(buf, child, name, ft, block_size=bs, filetype=self.filetype,
-                                   has_tail=has_tail, where=f"directory inode {dir_ino} block {logical}"):
+            if self._insert_into_block(buf, child, name, ft, has_tail=has_tail, check_duplicate=check_duplicate,
+                                       where=f"directory inode {dir_ino} block {logical}",
+                                       hint=(physical, raw)):
                 self._write_dir_block(dir_ino, inode, physical, buf)
+                self._keep_hint(physical)
                 self._touch_dir_times(dir_ino)
                 self._dir_cache.pop(dir_ino, None)
                 return
@@ -778,6 +1049,78 @@ class WritableFilesystem(Filesystem):
             self._append_dir_block(dir_ino, inode, buf)
         self._touch_dir_times(dir_ino)
         self._dir_cache.pop(dir_ino, None)
+
+    def _insert_into_block(self, buf: bytearray, child: int, name: bytes, ft: int, *, has_tail: bool,
+                           check_duplicate: bool, where: str, hint: tuple[int, bytes] | None = None) -> bool:
+        """Add an entry to a leaf block in place (first fit, as the kernel does); False when full.
+
+        When the caller already knows the name is absent (``check_duplicate``
+        False) this walks only the rec_len chain instead of parsing every
+        entry, starting where the last insertion into the same, unchanged
+        block ended (``hint``: its block number and the bytes read): the hot
+        path of bulk writes into one directory.
+        """
+        self._hint_offset = -1
+        if check_duplicate:
+            return D.insert_into_block(buf, child, name, ft, block_size=self.block_size, filetype=self.filetype,
+                                       has_tail=has_tail, where=where)
+        start = 0
+        if hint is not None:
+            known = self._insert_hints.get(hint[0])
+            if known is not None and known[0] is hint[1]:
+                start = known[1]
+        if self._insert_from(buf, start, child, name, ft, has_tail=has_tail, where=where):
+            return True
+        return start > 0 and self._insert_from(buf, 0, child, name, ft, has_tail=has_tail, where=where, stop=start)
+
+    def _keep_hint(self, block: int) -> None:
+        """Remember where the entry just inserted into ``block`` sits (valid while the block is unchanged)."""
+        if self._hint_offset >= 0:
+            if len(self._insert_hints) > 1024:
+                self._insert_hints.clear()
+            self._insert_hints[block] = (self._dirty_blocks[block], self._hint_offset)
+
+    def _insert_from(self, buf: bytearray, offset: int, child: int, name: bytes, ft: int, *, has_tail: bool,
+                     where: str, stop: int | None = None) -> bool:
+        bs = self.block_size
+        end = bs - 12 if has_tail else bs
+        if stop is not None:
+            end = min(end, stop)
+        need = D.rec_len_for(len(name))
+        big = bs >= 65536
+        filetype = self.filetype
+        unpack = C.DIR_ENTRY_2.unpack_from if filetype else C.DIR_ENTRY.unpack_from
+        while offset < end:
+            if end - offset < 12:
+                raise CorruptError(f"{end - offset} bytes left at offset {offset}, too few for an entry", where=where)
+            ino, rec_len, name_len, *_ = unpack(buf, offset)
+            if big:
+                rec_len = D.rec_len_from_disk(rec_len, bs)
+            if rec_len < 12 or rec_len & 3 or offset + rec_len > end or 8 + name_len > rec_len:
+                raise CorruptError(f"entry at offset {offset}: bad rec_len {rec_len} or name_len {name_len}",
+                                   where=where)
+            if ino:
+                used = D.rec_len_for(name_len)
+                if rec_len - used >= need:
+                    C.DIR_ENTRY.pack_into(buf, offset, ino, D.rec_len_to_disk(used, bs),
+                                          name_len if not filetype else name_len | buf[offset + 7] << 8)
+                    self._put_entry(buf, offset + used, rec_len - used, child, name, ft)
+                    self._hint_offset = offset + used
+                    return True
+            elif rec_len >= need:
+                self._put_entry(buf, offset, rec_len, child, name, ft)
+                self._hint_offset = offset
+                return True
+            offset += rec_len
+        return False
+
+    def _put_entry(self, buf: bytearray, offset: int, rec_len: int, child: int, name: bytes, ft: int) -> None:
+        buf[offset : offset + rec_len] = bytes(rec_len)
+        if self.filetype:
+            C.DIR_ENTRY_2.pack_into(buf, offset, child, D.rec_len_to_disk(rec_len, self.block_size), len(name), ft)
+        else:
+            C.DIR_ENTRY.pack_into(buf, offset, child, D.rec_len_to_disk(rec_len, self.block_size), len(name))
+        buf[offset + 8 : offset + 8 + len(name)] = name
 
     def _touch_dir_times(self, dir_ino: int) -> None:
         inode = self._edit_inode(dir_ino)
@@ -834,7 +1177,8 @@ class WritableFilesystem(Filesystem):
             self._put_block(block, buf)
         self._dir_cache.pop(dir_ino, None)
 
-    def _htree_add(self, dir_ino: int, inode: Inode, name: bytes, child: int, ft: int) -> bool:
+    def _htree_add(self, dir_ino: int, inode: Inode, name: bytes, child: int, ft: int, *,
+                   check_duplicate: bool = True) -> bool:
         """Insert into an indexed directory; splits leaves and nodes as needed."""
         bs = self.block_size
         where = f"directory inode {dir_ino}"
@@ -852,8 +1196,11 @@ class WritableFilesystem(Filesystem):
         version, seed = self._hash_params(root.hash_version)
         major = D.name_hash(name, version, seed)[0]
         # Refuse duplicates: the name may live in a continuation leaf.
-        for leaf in D.dx_candidate_leaves(read_logical, root, major, block_size=bs, csum=self.metadata_csum,
-                                          dir_blocks=nblocks, where=where):
+        candidates: Iterable[int] = []
+        if check_duplicate:
+            candidates = D.dx_candidate_leaves(read_logical, root, major, block_size=bs, csum=self.metadata_csum,
+                                               dir_blocks=nblocks, where=where)
+        for leaf in candidates:
             raw = read_logical(leaf)
             for e in D.parse_block(raw, block_size=bs, filetype=self.filetype,
                                    has_tail=self.metadata_csum and D.has_tail(raw, bs), where=where):
@@ -862,11 +1209,13 @@ class WritableFilesystem(Filesystem):
         path = D.dx_lookup_path(major, read_logical, block_size=bs, dir_blocks=nblocks, csum=self.metadata_csum,
                                 large_dir=self.large_dir, root=root, where=where)
         leaf = path.leaf
-        buf = bytearray(read_logical(leaf))
+        raw = read_logical(leaf)
+        buf = bytearray(raw)
         has_tail = self.metadata_csum and D.has_tail(buf, bs)
-        if D.insert_into_block(buf, child, name, ft, block_size=bs, filetype=self.filetype, has_tail=has_tail,
-                               where=where):
+        if self._insert_into_block(buf, child, name, ft, has_tail=has_tail, check_duplicate=check_duplicate,
+                                   where=where, hint=(mapping[leaf], raw)):
             self._write_dir_block(dir_ino, inode, mapping[leaf], buf)
+            self._keep_hint(mapping[leaf])
             self._touch_dir_times(dir_ino)
             return True
         # Split the leaf.
@@ -948,11 +1297,18 @@ class WritableFilesystem(Filesystem):
         for lg, buf2 in index_blocks.items():
             if self.metadata_csum:
                 D.set_dx_csum(buf2, iseed, block_size=bs)
-            self._put_block(mapping[lg], buf2)
+            self._put_block(mapping[lg], buf2, priority=1)
         return True
 
     def _remove_entry(self, dir_ino: int, name: bytes) -> int:
         """Remove ``name`` from a directory; returns the inode it named."""
+        names = self._names_of(dir_ino)
+        removed = self._remove_entry_raw(dir_ino, name)
+        if names is not None:
+            names.pop(name, None)
+        return removed
+
+    def _remove_entry_raw(self, dir_ino: int, name: bytes) -> int:
         inode = self.inode(dir_ino)
         if inode.has_inline_data():
             inode = self._convert_inline_dir(dir_ino, inode)
@@ -1099,6 +1455,8 @@ class WritableFilesystem(Filesystem):
         else:
             self.free_blocks(block, 1)
         inode.file_acl = 0
+        inode.set_blocks_512(max(0, inode.blocks_in_512(self.huge_file, self.block_size) - self._sectors(1)),
+                             self.huge_file, self.block_size)
 
     def _delete_inode(self, ino: int, inode: Inode) -> None:
         """Free everything an unlinked inode holds and the inode itself (as the kernel leaves it)."""
@@ -1114,12 +1472,25 @@ class WritableFilesystem(Filesystem):
         self._put_inode(ino, inode)
         self._free_inode(ino, is_dir=was_dir)
         self._dir_cache.pop(ino, None)
+        self._names.pop(ino, None)
 
     def _drop_ea_inode(self, ea_ino: int) -> None:
+        """Drop one reference to an xattr value inode (shared between inodes; the count is not i_links_count).
+
+        The kernel keeps the reference count in i_ctime's seconds (high 32 bits)
+        and i_version (low 32 bits); the inode goes when it reaches zero.
+        """
         ea = self._edit_inode(ea_ino)
-        ea.links_count -= 1
-        if ea.links_count <= 0:
+        if not ea.flags & K.EA_INODE_FL:
+            raise CorruptError(f"xattr value inode {ea_ino} is not an EA inode", where=f"inode {ea_ino}")
+        ref = ((ea.ctime // _NS) & 0xFFFFFFFF) << 32 | (ea.version & 0xFFFFFFFF)
+        if ref <= 1:
+            ea.links_count = 0
             self._delete_inode(ea_ino, ea)
+            return
+        ref -= 1
+        ea.ctime = (ref >> 32) * _NS
+        ea.version = (ea.version & ~0xFFFFFFFF) | (ref & 0xFFFFFFFF)
 
     # ------------------------------------------------------------ paths
     def _parent_and_name(self, path: str | bytes | os.PathLike[str]) -> tuple[int, bytes, str]:
@@ -1160,6 +1531,7 @@ class WritableFilesystem(Filesystem):
         directory raises IsADirectory.  Returns the inode number.  Raises
         FileExists (replace=False), NoSpace, NotADirectory, NameTooLong.
         """
+        _check_owner(uid, gid)
         with self._op():
             parent, name, shown = self._parent_and_name(path)
             existing = self._lookup_child(parent, name)
@@ -1263,12 +1635,12 @@ class WritableFilesystem(Filesystem):
         if pending:
             goal, logical = self._write_blocks(extents, bytes(pending), logical, goal)
         self._set_mapping(ino, inode, extents, [])
-        inode.size = size
+        self._set_size(inode, size)
         self._put_inode(ino, inode)
 
     def _write_blocks(self, extents: list[E.Extent], data: bytes | bytearray, logical: int,
                       goal: int) -> tuple[int, int]:
-        """Allocate blocks for ``data`` (zero-padded to whole blocks) and write it; skips all-zero blocks."""
+        """Allocate blocks for ``data`` (zero-padded to whole blocks) and write it."""
         bs = self.block_size
         nblocks = -(-len(data) // bs)
         if nblocks == 0:
@@ -1279,8 +1651,7 @@ class WritableFilesystem(Filesystem):
             piece = bytes(data[offset : offset + count * bs])
             if len(piece) < count * bs:
                 piece += bytes(count * bs - len(piece))
-            self.dev.pwrite(start * bs, piece)
-            self._data_written += len(piece)
+            self._data_pwrite(start * bs, piece)
             extents.append(E.Extent(logical, start, count))
             logical += count
             offset += count * bs
@@ -1293,9 +1664,13 @@ class WritableFilesystem(Filesystem):
         fd = os.open(host_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             size = os.fstat(fd).st_size
-            if size <= 60 and self.inline_data:
-                payload = os.pread(fd, size, 0)
-                if self._try_inline(ino, inode, payload):
+            if size <= _SMALL_FILE:
+                # Small files are read whole (holes in them are not worth two lseeks per file).
+                payload = os.pread(fd, size + 1, 0)
+                if len(payload) <= size:
+                    if self._try_inline(ino, inode, payload):
+                        return
+                    self._fill_from_chunks(ino, inode, iter([payload]), len(payload))
                     return
             extents: list[E.Extent] = []
             goal = self._goal_for(ino)
@@ -1308,18 +1683,33 @@ class WritableFilesystem(Filesystem):
                 for rstart, rcount in runs:
                     src = lg * bs
                     length = min(rcount * bs, size - src)
-                    self._copy_in(fd, src, rstart * bs, length)
-                    if length < rcount * bs:
-                        self.dev.pwrite(rstart * bs + length, bytes(rcount * bs - length))
-                    self._data_written += rcount * bs
+                    if self._recycled_in(rstart, rcount):
+                        chunk = os.pread(fd, length, src)
+                        self._data_pwrite(rstart * bs, chunk.ljust(rcount * bs, b"\0"))
+                    else:
+                        self._copy_in(fd, src, rstart * bs, length)
+                        if length < rcount * bs:
+                            self.dev.pwrite(rstart * bs + length, bytes(rcount * bs - length))
+                        self._data_written += rcount * bs
+                        self._start_writeback(rstart * bs, rcount * bs)
                     extents.append(E.Extent(lg, rstart, rcount))
                     lg += rcount
                     goal = rstart + rcount
             self._set_mapping(ino, inode, extents, [])
-            inode.size = size
+            self._set_size(inode, size)
             self._put_inode(ino, inode)
         finally:
             os.close(fd)
+
+    def _start_writeback(self, offset: int, length: int) -> None:
+        """Start writing big runs of file data to the disk now, so that the final fsync has less to wait for."""
+        fd = getattr(self.dev, "fd", -1)
+        if length >= _WRITEBACK_MIN and fd >= 0 and hasattr(os, "posix_fadvise"):
+            try:
+                # For dirty pages this only queues their writeback (nothing is dropped before it is written).
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
 
     def _copy_in(self, src_fd: int, src_offset: int, dst_offset: int, length: int) -> None:
         dst_fd = getattr(self.dev, "fd", -1)
@@ -1394,6 +1784,9 @@ class WritableFilesystem(Filesystem):
         p = self._edit_inode(parent)
         if p.links_count >= K.LINK_MAX - 1 or p.links_count == 1:
             p.links_count = 1  # dir_nlink: too many to count
+            if not self.sb.has_ro_compat("dir_nlink"):
+                self._touch_sb()
+                self.sb.set_feature("dir_nlink")
         else:
             p.links_count += 1
         return ino
@@ -1402,8 +1795,10 @@ class WritableFilesystem(Filesystem):
                 mode: int = 0o777, mtime: float | int | None = None) -> int:
         """Create a symbolic link ``path`` -> ``target`` (fast when under 60 bytes)."""
         raw_target = encode_name(target)
-        if not raw_target or len(raw_target) > K.MAX_SYMLINK_LEN or b"\0" in raw_target:
+        if not raw_target or b"\0" in raw_target:
             raise InvalidPath(decode_name(raw_target), "invalid symlink target")
+        if len(raw_target) > K.MAX_SYMLINK_LEN or len(raw_target) >= self.block_size:
+            raise NameTooLong(decode_name(raw_target), "symlink target too long for one block")
         with self._op():
             parent, name, shown = self._parent_and_name(path)
             if self._lookup_child(parent, name) is not None:
@@ -1558,8 +1953,7 @@ class WritableFilesystem(Filesystem):
             target = self._lookup_child(dparent, dname)
             if target is not None:
                 if target == ino:
-                    self._remove_entry(sparent, sname)
-                    return
+                    return  # two names of one inode: rename(2) does nothing
                 tinode = self.inode(target)
                 if tinode.is_dir():
                     if not inode.is_dir():
@@ -1592,8 +1986,7 @@ class WritableFilesystem(Filesystem):
             inode.ctime = self._now()
 
     def chown(self, path: str | bytes | os.PathLike[str], uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
-        if not (0 <= uid <= 0xFFFFFFFF and 0 <= gid <= 0xFFFFFFFF):
-            raise InvalidOptions("uid and gid must be 0..4294967295")
+        _check_owner(uid, gid)
         with self._op():
             ino = self.resolve(path, follow=follow_symlinks)
             inode = self._edit_inode(ino)
@@ -1640,6 +2033,8 @@ class WritableFilesystem(Filesystem):
                 raise IsADirectory(decode_name(encode_name(os.fspath(path))))
             if not inode.is_reg():
                 raise InvalidOptions("only regular files can be truncated")
+            if size > self._max_size(inode):
+                raise InvalidOptions(f"a file of {size} bytes is larger than this filesystem allows (EFBIG)")
             inode = self._edit_inode(ino)
             bs = self.block_size
             if inode.has_inline_data():
@@ -1655,7 +2050,7 @@ class WritableFilesystem(Filesystem):
                     self._fill_from_chunks(ino, inode, iter([payload]), len(payload))
                 else:
                     self._fill_from_chunks(ino, inode, iter([data]), len(data))
-                    inode.size = size
+                    self._set_size(inode, size)
             else:
                 extents, meta = self._mapping_blocks(ino, inode)
                 keep_blocks = -(-size // bs)
@@ -1675,14 +2070,151 @@ class WritableFilesystem(Filesystem):
                     for ext in new_extents:
                         if ext.logical <= last < ext.logical + ext.length and not ext.unwritten:
                             phys = ext.physical + last - ext.logical
-                            block = bytearray(self.dev.pread(phys * bs, bs))
-                            block[size % bs :] = bytes(bs - size % bs)
-                            self.dev.pwrite(phys * bs, block)
+                            self._data_pwrite(phys * bs + size % bs, bytes(bs - size % bs))
                 self._set_mapping(ino, inode, new_extents, meta)
-                inode.size = size
+                self._set_size(inode, size)
             now = self._now()
             inode.mtime = inode.ctime = now
             self._put_inode(ino, inode)
+
+    def write_at(self, path: str | bytes | os.PathLike[str], offset: int, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` into an existing regular file at ``offset`` (like pwrite), growing it if needed.
+
+        Blocks already mapped are overwritten in place; holes (and a gap past the
+        end) get new blocks only where ``data`` lands.  Returns the new size.
+        Raises IsADirectory, InvalidOptions (not a regular file), NoSpace.
+        """
+        if offset < 0:
+            raise InvalidOptions("offset must be >= 0")
+        payload = bytes(data)
+        with self._op():
+            ino = self.resolve(path)
+            inode = self.inode(ino)
+            if inode.is_dir():
+                raise IsADirectory(decode_name(encode_name(os.fspath(path))))
+            if not inode.is_reg():
+                raise InvalidOptions("only regular files can be written into")
+            inode = self._edit_inode(ino)
+            end = offset + len(payload)
+            if not payload:
+                return int(inode.size)
+            if inode.has_inline_data():
+                old = self.inline_bytes(ino, inode)[: inode.size]
+                content = bytearray(old.ljust(max(len(old), end), b"\0"))
+                if end <= 60:
+                    content[offset:end] = payload
+                    self._release_data(ino, inode)
+                    if self._try_inline(ino, inode, bytes(content)):
+                        self._finish_write(inode)
+                        return int(inode.size)
+                    self._convert_to_blocks(ino, inode, bytes(content))
+                    self._finish_write(inode)
+                    return int(inode.size)
+                self._release_data(ino, inode)
+                self._convert_to_blocks(ino, inode, old)
+            if end > self._max_size(inode):
+                raise InvalidOptions(f"a file of {end} bytes is larger than this filesystem allows (EFBIG)")
+            self._write_range(ino, inode, offset, payload)
+            self._set_size(inode, max(inode.size, end))
+            self._finish_write(inode)
+            return int(inode.size)
+
+    def _finish_write(self, inode: Inode) -> None:
+        now = self._now()
+        inode.mtime = inode.ctime = now
+
+    def _convert_to_blocks(self, ino: int, inode: Inode, content: bytes) -> None:
+        """Give an inode that had inline data an ordinary (extent or block) mapping holding ``content``."""
+        inode.flags &= ~K.INLINE_DATA_FL
+        if self.extents_feature:
+            inode.flags |= K.EXTENTS_FL
+            inode.block = _empty_extent_root()
+        else:
+            inode.block = bytes(60)
+        self._fill_from_chunks(ino, inode, iter([content]), len(content))
+
+    def _write_range(self, ino: int, inode: Inode, offset: int, payload: bytes) -> None:
+        """Overwrite mapped blocks in place and map new blocks for the unmapped parts of the range."""
+        bs = self.block_size
+        end = offset + len(payload)
+        first = offset // bs
+        last = (end - 1) // bs
+        extents, meta = self._mapping_blocks(ino, inode)
+        old_size = inode.size
+
+        def block_bytes(logical: int, count: int, physical: int | None, zero_base: bool) -> bytes:
+            """Contents for ``count`` blocks starting at ``logical``: payload over the old (or zero) data."""
+            start = logical * bs
+            stop = start + count * bs
+            lo = max(start, offset)
+            hi = min(stop, end)
+            if lo == start and hi == stop:
+                return payload[lo - offset : hi - offset]
+            if zero_base or physical is None:
+                base = bytearray(count * bs)
+            else:
+                base = bytearray(self._data_pread(physical * bs, count * bs))
+            base[lo - start : hi - start] = payload[lo - offset : hi - offset]
+            return bytes(base)
+
+        limit = (1 << 32) if inode.has_extents() else blockmap_capacity(bs)
+        if last >= limit:
+            raise InvalidOptions(f"offset {end} is beyond the largest file this inode can map")
+        overlapping = [e for e in extents if e.logical <= last and e.logical + e.length - 1 >= first]
+        # The holes in [first, last] get new blocks: allocate them all before writing anything.
+        holes: list[tuple[int, int]] = []
+        pos = first
+        for ext in overlapping:
+            lo = max(ext.logical, first)
+            if lo > pos:
+                holes.append((pos, lo - pos))
+            pos = max(pos, ext.logical + ext.length)
+        if pos <= last:
+            holes.append((pos, last - pos + 1))
+        goal = self._goal_for(ino, inode)
+        before = [e for e in extents if e.logical < first]
+        if before:
+            prev = before[-1]
+            goal = prev.physical + prev.length + max(0, first - prev.logical - prev.length)
+        fresh: list[E.Extent] = []
+        for logical, count in holes:
+            for start, n in self.allocate_blocks(count, goal):
+                fresh.append(E.Extent(logical, start, n))
+                logical += n
+                goal = start + n
+        overlap_ids = {id(e) for e in overlapping}
+        new_extents: list[E.Extent] = [e for e in extents if id(e) not in overlap_ids]
+        writes: list[tuple[int, int, int, bool]] = []  # (logical, count, physical, start from zeros)
+        for ext in overlapping:
+            e_first, e_last = ext.logical, ext.logical + ext.length - 1
+            lo, hi = max(e_first, first), min(e_last, last)
+            phys_lo = ext.physical + lo - e_first
+            writes.append((lo, hi - lo + 1, phys_lo, ext.unwritten))
+            if ext.unwritten:
+                if lo > e_first:
+                    new_extents.append(E.Extent(e_first, ext.physical, lo - e_first, True))
+                new_extents.append(E.Extent(lo, phys_lo, hi - lo + 1, False))
+                if hi < e_last:
+                    new_extents.append(E.Extent(hi + 1, phys_lo + hi - lo + 1, e_last - hi, True))
+            else:
+                new_extents.append(ext)
+        for ext in fresh:
+            writes.append((ext.logical, ext.length, ext.physical, True))
+            new_extents.append(ext)
+        # Mapping blocks are allocated (or NoSpace raised) before any data is overwritten.
+        self._set_mapping(ino, inode, new_extents, meta)
+        # Bytes between the old end and the write must read as zeros: clear the old last block's tail.
+        if offset > old_size and old_size % bs:
+            tail_block = old_size // bs
+            for ext in extents:
+                if ext.logical <= tail_block < ext.logical + ext.length and not ext.unwritten:
+                    phys = ext.physical + tail_block - ext.logical
+                    stop = min(bs, offset - tail_block * bs)
+                    cut = old_size % bs
+                    if stop > cut:
+                        self._data_pwrite(phys * bs + cut, bytes(stop - cut))
+        for logical, count, physical, zero_base in writes:
+            self._data_pwrite(physical * bs, block_bytes(logical, count, physical, zero_base))
 
     # ---------------------------------------------------------- xattrs
     def setxattr(self, path: str | bytes | os.PathLike[str], name: str | bytes, value: bytes, *,
@@ -1751,8 +2283,6 @@ class WritableFilesystem(Filesystem):
             self._put_block(old_block, buf)
         elif old_block:
             self._release_xattr_block(ino, inode)
-            inode.set_blocks_512(max(0, inode.blocks_in_512(self.huge_file, self.block_size) - self._sectors(1)),
-                                 self.huge_file, self.block_size)
         inode.ctime = self._now()
         self._put_inode(ino, inode)
 
@@ -1764,32 +2294,32 @@ class WritableFilesystem(Filesystem):
         bs = self.block_size
         geo = self.geo
         dev = self.dev
-        # 1. metadata blocks (dir, extent, xattr, indirect)
-        for block in sorted(self._dirty_blocks):
+        # Order (a crash part-way leaves every older structure readable and e2fsck -fy able to repair):
+        # 0. file data held back for blocks freed earlier in this session;
+        # 1. metadata blocks allocated since the last flush (nothing on disk points at them yet);
+        # 2. inodes allocated since the last flush;
+        # 3. existing live inodes (their new mappings point at blocks from 1);
+        # 4. existing metadata blocks: mapping blocks, then htree index blocks, then the rest
+        #    (directory leaves: entries stay reachable through the index);
+        # 5. inodes being deleted (after the entries naming them are gone);
+        # 6. bitmaps, 7. group descriptors, 8. the superblock; then fsync.
+        for block in sorted(self._deferred):
+            dev.pwrite(block * bs, self._deferred[block])
+        fresh_blocks = [b for b in self._dirty_blocks if self._in_mask(self._fresh, b)]
+        fresh_set = set(fresh_blocks)
+        for block in sorted(fresh_blocks):
             dev.pwrite(block * bs, self._dirty_blocks[block])
-        # 2. inodes, read-modify-write per inode table block
-        by_block: dict[int, list[int]] = {}
-        for ino in self._dirty_inodes:
-            group, index = divmod(ino - 1, self._ipg)
-            desc = self.group_desc(group)
-            off = index * geo.inode_size
-            by_block.setdefault(desc.inode_table + off // bs, []).append(ino)
-        for block, inos in sorted(by_block.items()):
-            group = geo.group_of_ino(inos[0])
-            desc = self.group_desc(group)
-            zeroed = not self.sb.group_desc_csum or desc.flags & K.BG_INODE_ZEROED
-            try:
-                buf = bytearray(Filesystem.read_block(self, block))
-            except Ext4Error:
-                buf = bytearray(bs)
-            if not zeroed and all(self._is_fresh_table_block(group, block)):
-                buf = bytearray(bs)
-            for ino in inos:
-                index = (ino - 1) % self._ipg
-                off = (index * geo.inode_size) % bs
-                buf[off : off + geo.inode_size] = self._pack_inode(ino, self._dirty_inodes[ino])
-            dev.pwrite(block * bs, buf)
-            self._itable_cache.pop(block, None)
+        dead = [ino for ino, inode in self._dirty_inodes.items() if inode.links_count == 0 and inode.dtime]
+        dead_set = set(dead)
+        fresh_inodes = [ino for ino in self._dirty_inodes if ino in self._fresh_inodes and ino not in dead_set]
+        live = [ino for ino in self._dirty_inodes if ino not in self._fresh_inodes and ino not in dead_set]
+        self._write_inodes(fresh_inodes)
+        self._write_inodes(live)
+        existing = sorted((b for b in self._dirty_blocks if b not in fresh_set),
+                          key=lambda b: (self._block_priority.get(b, 2), b))
+        for block in existing:
+            dev.pwrite(block * bs, self._dirty_blocks[block])
+        self._write_inodes(dead)
         # 3. bitmaps (their checksums live in the descriptors)
         for group in sorted(self._dirty_bb):
             bm = self._bb[group]
@@ -1834,6 +2364,11 @@ class WritableFilesystem(Filesystem):
             dev.pwrite(K.SUPERBLOCK_OFFSET, sb.pack())
         dev.sync()
         self._dirty_blocks.clear()
+        self._deferred.clear()
+        self._recycled.clear()
+        self._fresh.clear()
+        self._fresh_inodes.clear()
+        self._block_priority.clear()
         self._dirty_inodes.clear()
         self._dirty_bb.clear()
         self._dirty_ib.clear()
@@ -1842,8 +2377,43 @@ class WritableFilesystem(Filesystem):
         self._data_written = 0
         self._itable_cache.clear()
 
-    def _is_fresh_table_block(self, group: int, block: int) -> Iterator[bool]:
-        """Whether every inode in an inode table block is unused (safe to start from zeros)."""
+    def _write_inodes(self, inos: list[int]) -> None:
+        """Write staged inodes, read-modify-write per inode table block."""
+        geo = self.geo
+        bs = self.block_size
+        by_block: dict[int, list[int]] = {}
+        for ino in inos:
+            group, index = divmod(ino - 1, self._ipg)
+            desc = self.group_desc(group)
+            by_block.setdefault(desc.inode_table + index * geo.inode_size // bs, []).append(ino)
+        for block, members in sorted(by_block.items()):
+            group = geo.group_of_ino(members[0])
+            desc = self.group_desc(group)
+            zeroed = not self.sb.group_desc_csum or desc.flags & K.BG_INODE_ZEROED
+            try:
+                buf = bytearray(Filesystem.read_block(self, block))
+            except Ext4Error:
+                buf = bytearray(bs)
+            if not zeroed and all(self._is_fresh_table_block(group, block, set(members))):
+                buf = bytearray(bs)
+            for ino in members:
+                off = ((ino - 1) % self._ipg * geo.inode_size) % bs
+                buf[off : off + geo.inode_size] = self._pack_inode(ino, self._dirty_inodes[ino])
+            self.dev.pwrite(block * bs, buf)
+            self._itable_cache.pop(block, None)
+
+    def _in_mask(self, masks: dict[int, int], block: int) -> bool:
+        """Whether ``block`` is set in per-group bit masks (``_fresh``, ``_recycled``)."""
+        group = self.geo.group_of_block(block)
+        mask = masks.get(group)
+        return bool(mask and (mask >> (block - self.geo.group_first_block(group))) & 1)
+
+    def _is_fresh_table_block(self, group: int, block: int, members: set[int]) -> Iterator[bool]:
+        """Whether an inode table block (of a table never zeroed) may start from zeros.
+
+        True when every inode in it is unused or among ``members``, the inodes
+        about to be written into it: nothing else there is worth keeping.
+        """
         geo = self.geo
         desc = self.group_desc(group)
         per_block = self.block_size // geo.inode_size
@@ -1851,7 +2421,7 @@ class WritableFilesystem(Filesystem):
         bm = self._inode_bitmap(group)
         for index in range(first_index, min(first_index + per_block, self._ipg)):
             ino = group * self._ipg + index + 1
-            yield not bm.test(index) or ino in self._dirty_inodes
+            yield not bm.test(index) or ino in members
 
     def close(self) -> None:
         if not self._closed:
@@ -1863,6 +2433,25 @@ class WritableFilesystem(Filesystem):
 
 
 register_writable_opener(WritableFilesystem.open_writable)
+
+
+def _restorer(table: dict[int, bytes], key: int) -> Callable[[], None]:
+    """An undo action putting ``table[key]`` back as it is now (absent included)."""
+    old = table.get(key)
+
+    def restore() -> None:
+        if old is None:
+            table.pop(key, None)
+        else:
+            table[key] = old
+
+    return restore
+
+
+def _check_owner(uid: int, gid: int) -> None:
+    """uid/gid must fit 32 bits; (u32)-1 is not an owner (chown(2) reads it as "leave unchanged")."""
+    if not (0 <= uid < 0xFFFFFFFF and 0 <= gid < 0xFFFFFFFF):
+        raise InvalidOptions(f"owner {uid}:{gid} is out of range (0..4294967294)")
 
 
 def _empty_extent_root() -> bytes:
