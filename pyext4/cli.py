@@ -263,13 +263,55 @@ def _derived_uuid(seed_text: str, what: str) -> str:
     return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"pyext4:{what}:{seed_text}"))
 
 
+class _PopulateProgress:
+    """mkfs -d's progress: a click bar on ``stream`` once populating has taken ``delay`` seconds and only
+    when ``stream`` is a terminal; never with ``quiet``.  Called with byte counts as data is copied."""
+
+    def __init__(self, total: int, *, quiet: bool, stream: Any = None, clock: Any = None,
+                 delay: float = 1.0) -> None:
+        import time
+
+        self.total = max(total, 1)
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock or time.monotonic
+        self.delay = delay
+        self.started = self.clock()
+        self.done = 0
+        self.bar: Any = None
+        try:
+            tty = self.stream.isatty()
+        except (AttributeError, ValueError, OSError):
+            tty = False
+        self.enabled = not quiet and tty
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if self.clock() - self.started < self.delay:
+                return
+            self.bar = click.progressbar(length=self.total, label="populating", file=self.stream)
+            self.bar.__enter__()
+            self.bar.update(self.done)
+        else:
+            self.bar.update(nbytes)
+
+    @property
+    def shown(self) -> bool:
+        return self.bar is not None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
 def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs: dict[str, Any],
                    ext: dict[str, Any], owner_text: str | None, rules_file: str | None, when: int | None,
                    seed: str | None, headroom: float, no_xattrs: bool, quiet: bool) -> None:
+    import gc
     import shutil
-    import sys
     import tempfile
-    import time
 
     from .mkfs import MkfsOptions, make_plan, mkfs, parse_size, resolve_features
     from .populate import parse_rules, populate, source_needs
@@ -280,6 +322,8 @@ def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs
     if rules_file:
         with open(rules_file, encoding="utf-8") as f:
             rules = parse_rules(f.read(), origin=rules_file)
+    if headroom < 0:
+        raise click.BadParameter("must not be negative", param_hint="--headroom")
     if seed is None and when is not None:
         seed = str(when)
     if seed is not None:
@@ -287,6 +331,8 @@ def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs
             kwargs["uuid"] = _derived_uuid(seed, "uuid")
         if kwargs["hash_seed"] is None:
             kwargs["hash_seed"] = _derived_uuid(seed, "hash_seed")
+    features = resolve_features(kwargs["features"])
+    bs = kwargs["block_size"]
     spool = None
     created = not os.path.exists(image)
     try:
@@ -299,73 +345,46 @@ def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs
             source_path = source
         if not os.path.exists(source_path):
             fail(f"{source}: no such file or directory")
-        nodes, needs = source_needs(source_path, kwargs["block_size"])
-        factor = 1 + max(0.0, headroom) / 100.0 if auto else 1.0
-        want_blocks = int(needs.blocks * factor) + 16
-        want_inodes = int(needs.inodes * factor) + 16
+        exclude = set()
+        if not created:  # an image inside the source tree is not copied into itself
+            st = os.stat(image)
+            exclude.add((st.st_dev, st.st_ino))
+        nodes, needs = source_needs(
+            source_path, bs, extents="extent" in features, dir_index="dir_index" in features,
+            inode_size=kwargs["inode_size"], metadata_csum="metadata_csum" in features, exclude=exclude,
+        )
 
-        def fits(size_bytes: int, inode_count: int | None) -> tuple[bool, Any]:
-            opts = MkfsOptions(
-                size=size_bytes, block_size=kwargs["block_size"], inode_size=kwargs["inode_size"],
-                inode_ratio=kwargs["inode_ratio"], inodes=inode_count,
-                features=resolve_features(kwargs["features"]), uuid=bytes(16), hash_seed=bytes(16),
-                journal_blocks=kwargs["journal_blocks"], reserved_ratio=kwargs["reserved_ratio"],
-                flex_bg_size=kwargs["flex_bg_size"],
-            )
-            plan = make_plan(opts)
-            ok = plan.sb.free_blocks_count >= want_blocks and plan.sb["s_free_inodes_count"] >= want_inodes
-            return ok, plan
+        def plan_for(size_bytes: int, inode_count: int | None) -> Any:
+            return make_plan(MkfsOptions(
+                size=size_bytes, block_size=bs, inode_size=kwargs["inode_size"],
+                inode_ratio=kwargs["inode_ratio"], inodes=inode_count, features=set(features),
+                uuid=bytes(16), hash_seed=bytes(16), journal_blocks=kwargs["journal_blocks"],
+                reserved_ratio=kwargs["reserved_ratio"], flex_bg_size=kwargs["flex_bg_size"],
+            ))
 
         if auto:
-            bs = kwargs["block_size"]
-            size_bytes = max(8 << 20, (want_blocks + want_blocks // 8) * bs + (4 << 20))
-            inode_count = kwargs["inodes"]
-            for _ in range(200):
-                ok, plan = fits(size_bytes, inode_count)
-                if ok:
-                    break
-                if plan.sb["s_free_inodes_count"] < want_inodes and kwargs["inodes"] is None:
-                    inode_count = want_inodes + 16
-                size_bytes = int(size_bytes * 1.08) + 1024 * bs
-            else:
-                fail("could not find a size that fits the source")
-            size_bytes -= size_bytes % bs
+            size_bytes, inode_count, plan = _auto_size(plan_for, needs, bs, headroom, kwargs["inodes"])
             kwargs["inodes"] = inode_count
         else:
             size_bytes = parse_size(size) if size is not None else os.path.getsize(image)
-            ok, plan = fits(size_bytes, kwargs["inodes"])
-            if not ok:
-                need_msg = f"{needs.blocks} blocks and {needs.inodes} inodes"
-                have = f"{plan.sb.free_blocks_count} free blocks and {plan.sb['s_free_inodes_count']} free inodes"
-                fail(f"{size} is too small for {source}: it needs {need_msg}, the filesystem would have {have}"
-                     " (use a larger SIZE or 'auto')")
+            plan = plan_for(size_bytes, kwargs["inodes"])
+            free_blocks, free_inodes = plan.sb.free_blocks_count, plan.sb["s_free_inodes_count"]
+            if free_blocks < needs.blocks or free_inodes < needs.inodes:
+                fail(f"{size} is too small for {source}: it needs up to {needs.blocks} blocks and "
+                     f"{needs.inodes} inodes, the filesystem would have {free_blocks} free blocks and "
+                     f"{free_inodes} free inodes (use a larger SIZE or 'auto')")
         plan = mkfs(image, size_bytes, **kwargs)
-        total = sum(n.size for n in nodes if n.kind == "file")
-        bar: Any = None
-        started = time.monotonic()
-        done = [0]
-
-        def progress(nbytes: int) -> None:
-            nonlocal bar
-            done[0] += nbytes
-            if quiet or not sys.stderr.isatty():
-                return
-            if bar is None:
-                if time.monotonic() - started < 1.0:
-                    return
-                bar = click.progressbar(length=max(total, 1), label="populating", file=sys.stderr)
-                bar.__enter__()
-                bar.update(done[0])
-            else:
-                bar.update(nbytes)
-
+        progress = _PopulateProgress(sum(n.size for n in nodes if n.kind == "file"), quiet=quiet)
+        gc_was = gc.isenabled()
+        gc.disable()  # hundreds of thousands of long-lived objects: the cyclic collector only costs time
         try:
             with Filesystem.open(image, writable=True, now=when) as fs:
                 report = populate(fs, source_path, owner=owner, rules=rules, root_owner=ext.get("root_owner"),
                                   timestamp=when, xattrs=not no_xattrs, progress=progress, nodes=nodes)
         finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+            if gc_was:
+                gc.enable()
+            progress.close()
         for warning in report.warnings:
             if not quiet:
                 click.echo(f"{PROG}: warning: {warning}", err=True)
@@ -382,6 +401,33 @@ def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs
     finally:
         if spool is not None:
             os.unlink(spool.name)
+
+
+def _auto_size(plan_for: Any, needs: Any, bs: int, headroom: float, inodes: int | None) -> tuple[int, int | None, Any]:
+    """The smallest size (and inode count) whose free blocks beyond the reserved ones hold the content
+    plus ``headroom`` percent of it, found from an estimate and a few corrections."""
+    factor = 1 + headroom / 100.0
+    want_blocks = int(needs.blocks * factor) + 16
+    want_inodes = int(needs.inodes * factor) + 16
+    inode_count = inodes
+    size_bytes = max(8 << 20, want_blocks * bs * 21 // 20 + (4 << 20))
+    for _ in range(64):
+        size_bytes -= size_bytes % bs
+        plan = plan_for(size_bytes, inode_count)
+        sb = plan.sb
+        spare = sb.free_blocks_count - sb.r_blocks_count
+        short_inodes = sb["s_free_inodes_count"] < want_inodes
+        if short_inodes:
+            if inodes is not None:
+                fail(f"-N {inodes} is too few inodes for the source (it needs {needs.inodes})")
+            if inode_count != want_inodes + 16:
+                inode_count = want_inodes + 16
+                continue
+        if spare >= want_blocks and not short_inodes:
+            return size_bytes, inode_count, plan
+        deficit = max(want_blocks - spare, 0)
+        size_bytes += deficit * bs * 21 // 20 + 64 * bs
+    fail("could not find a size that fits the source")
 
 
 # ============================================================ reading
@@ -470,12 +516,18 @@ def ls_cmd(image: str, path: str, long: bool, recursive: bool, all_: bool, as_js
 
     with _open_read(image, verify, allow_dirty) as fs:
         st = fs.stat(path)
+        skipped: list[str] = []
         if not st.is_dir():
             listings = [("", [(path.rsplit("/", 1)[-1] or path, fs.resolve(path))])]
         else:
             listings = []
             if recursive:
-                for dirpath, _dirs, _files in fs.walk(path):
+
+                def unreadable(exc: Exception) -> None:
+                    skipped.append(str(exc))
+                    click.echo(f"{PROG}: warning: {exc}", err=True)
+
+                for dirpath, _dirs, _files in fs.walk(path, onerror=unreadable):
                     listings.append((dirpath, [(e.name, e.ino) for e in sorted(fs.scandir(dirpath), key=lambda e: e.name)]))
             else:
                 listings.append((path, [(e.name, e.ino) for e in sorted(fs.scandir(path), key=lambda e: e.name)]))
@@ -500,6 +552,8 @@ def ls_cmd(image: str, path: str, long: bool, recursive: bool, all_: bool, as_js
             if recursive and not as_json:
                 out.append("")
         click.echo("\n".join(out).rstrip("\n"))
+        if skipped:
+            fail(f"{len(skipped)} directories could not be read (see above)")
 
 
 @main.command("stat")
@@ -560,12 +614,15 @@ def stat_cmd(image: str, path: str, as_json: bool, follow: bool, verify: str, al
 def cat_cmd(image: str, path: str, verify: str, allow_dirty: bool) -> None:
     """Write a file's content to stdout (streamed; holes read as zeros)."""
     out = click.get_binary_stream("stdout")
+    buf = bytearray(1 << 20)  # one buffer, refilled: constant memory whatever the file's size
+    view = memoryview(buf)
     with _open_read(image, verify, allow_dirty) as fs, fs.open(path) as f:
+        raw = f.raw
         while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
+            n = raw.readinto(view)
+            if not n:
                 break
-            out.write(chunk)
+            out.write(view[:n])
     out.flush()
 
 
@@ -629,26 +686,45 @@ def _parse_mode(text: str | None) -> int | None:
 _force_option = click.option("--force", is_flag=True, help="Write even if the image looks mounted or damaged.")
 
 
-def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, int] | None, preserve: bool) -> None:
+def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, int] | None, preserve: bool,
+             links: dict[tuple[int, int], str] | None = None) -> None:
+    """Copy one host entry (not its children) to ``dest``; with ``links`` (-p), hard links stay links."""
     import stat as statmod
 
     st = os.lstat(src)
     uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if preserve else (0, 0))
     perm = mode if mode is not None else statmod.S_IMODE(st.st_mode)
-    mtime_ns = st.st_mtime_ns if preserve else None
-    if statmod.S_ISLNK(st.st_mode):
+    kind = statmod.S_IFMT(st.st_mode)
+    if kind != statmod.S_IFDIR and links is not None and st.st_nlink > 1:
+        first = links.get((st.st_dev, st.st_ino))
+        if first is not None:
+            if fs.exists(dest):
+                fs.unlink(dest)
+            fs.link(first, dest)
+            return
+        links[(st.st_dev, st.st_ino)] = dest
+    if kind in (statmod.S_IFLNK, statmod.S_IFIFO, statmod.S_IFSOCK, statmod.S_IFCHR, statmod.S_IFBLK):
+        try:
+            if not fs.lstat(dest).is_dir():
+                fs.unlink(dest)  # replaced, as a regular file would be
+        except FileNotFoundError:
+            pass
+    if kind == statmod.S_IFLNK:
         ino = fs.symlink(os.readlink(src), dest, uid=uid, gid=gid)
-    elif statmod.S_ISREG(st.st_mode):
+    elif kind == statmod.S_IFREG:
         ino = fs.write_file(dest, src, mode=perm, uid=uid, gid=gid)
-    elif statmod.S_ISDIR(st.st_mode):
+    elif kind == statmod.S_IFDIR:
         ino = fs.mkdir(dest, perm, uid, gid, exist_ok=True)
-    elif statmod.S_ISFIFO(st.st_mode) or statmod.S_ISSOCK(st.st_mode) or statmod.S_ISCHR(st.st_mode) or statmod.S_ISBLK(st.st_mode):
-        ino = fs.mknod(dest, statmod.S_IFMT(st.st_mode) | perm, st.st_rdev, uid=uid, gid=gid)
+        if preserve or mode is not None or owner is not None:
+            fs.chmod(dest, perm)
+            fs.chown(dest, uid, gid)
+    elif kind in (statmod.S_IFIFO, statmod.S_IFSOCK, statmod.S_IFCHR, statmod.S_IFBLK):
+        ino = fs.mknod(dest, kind | perm, st.st_rdev, uid=uid, gid=gid)
     else:  # pragma: no cover
         raise InvalidOptions(f"{src}: unsupported file type")
     if preserve:
-        fs.set_times(ino, atime=st.st_atime_ns, mtime=mtime_ns)
-        if not statmod.S_ISLNK(st.st_mode):
+        fs.set_times(ino, atime=st.st_atime_ns, mtime=st.st_mtime_ns)
+        if kind != statmod.S_IFLNK:
             try:
                 names = os.listxattr(src, follow_symlinks=False)
             except OSError:
@@ -687,18 +763,19 @@ def put_cmd(image: str, src: str, dest: str, recursive: bool, mode_text: str | N
         if fs.is_dir(dest):
             base = os.path.basename(os.path.normpath(src))
             target = dest.rstrip("/") + "/" + base
+        links: dict[tuple[int, int], str] | None = {} if preserve else None
         if statmod.S_ISDIR(st.st_mode):
             _put_one(fs, src, target, mode, owner, preserve)
             pending = [(src, target)]
             while pending:
                 host_dir, image_dir = pending.pop()
                 with os.scandir(host_dir) as it:
-                    names = sorted(e.name for e in it)
-                for name in names:
+                    entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+                for name, is_dir in entries:
                     host_path = os.path.join(host_dir, name)
                     image_path = image_dir.rstrip("/") + "/" + name
-                    _put_one(fs, host_path, image_path, mode, owner, preserve)
-                    if os.path.isdir(host_path) and not os.path.islink(host_path):
+                    _put_one(fs, host_path, image_path, mode, owner, preserve, links)
+                    if is_dir:
                         pending.append((host_path, image_path))
             if preserve:
                 # directory times again, after their contents changed them
@@ -739,6 +816,8 @@ def ln_cmd(image: str, target: str, link: str, symbolic: bool, owner_text: str, 
     owner = _parse_owner(owner_text)
     assert owner is not None
     with _open_write(image, force) as fs:
+        if fs.is_dir(link):  # like ln: a link into an existing directory keeps the target's name
+            link = link.rstrip("/") + "/" + (target.rstrip("/").rsplit("/", 1)[-1] or target)
         if symbolic:
             fs.symlink(target, link, uid=owner[0], gid=owner[1])
         else:
@@ -807,8 +886,7 @@ def mv_cmd(image: str, src: str, dst: str, force: bool) -> None:
     """Move or rename SRC to DST (into DST when it is a directory)."""
     with _open_write(image, force) as fs:
         target = dst
-        if fs.is_dir(dst) and not fs.lstat(src).is_dir() or (fs.is_dir(dst) and fs.resolve(dst) != fs.resolve(src)
-                                                              and fs.lstat(src).is_dir() and fs.listdir(dst)):
+        if fs.is_dir(dst):  # like mv: into an existing directory, keeping the name
             target = dst.rstrip("/") + "/" + src.rstrip("/").rsplit("/", 1)[-1]
         fs.rename(src, target)
 
@@ -845,14 +923,24 @@ def chown_cmd(image: str, owner_text: str, paths: tuple[str, ...], no_deref: boo
 @main.command("setfattr")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("path")
-@click.option("-n", "--name", required=True, help="Attribute name, e.g. user.comment.")
+@click.option("-n", "--name", help="Attribute name, e.g. user.comment.")
 @click.option("-v", "--value", help="Value (text; 0x... for hex, 0s... for base64, as setfattr).")
-@click.option("-x", "--remove", is_flag=True, help="Remove the attribute.")
+@click.option("-x", "--remove", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="Remove the attribute (-x NAME, or -x with -n NAME).")
 @_force_option
-def setfattr_cmd(image: str, path: str, name: str, value: str | None, remove: bool, force: bool) -> None:
-    """Set (or with -x remove) an extended attribute."""
+def setfattr_cmd(image: str, path: str, name: str | None, value: str | None, remove: str | None,
+                 force: bool) -> None:
+    """Set (-n NAME -v VALUE) or remove (-x NAME) an extended attribute."""
+    if remove:
+        if name and name != remove:
+            raise click.UsageError("give the attribute once: -x NAME or -n NAME -x")
+        name = remove
+    if not name:
+        raise click.UsageError("missing the attribute name (-n NAME or -x NAME)")
+    if remove is not None and value is not None:
+        raise click.UsageError("-x removes an attribute: it takes no -v VALUE")
     with _open_write(image, force) as fs:
-        if remove:
+        if remove is not None:
             fs.removexattr(path, name)
             return
         raw = _decode_xattr_value(value or "")
