@@ -1,0 +1,44 @@
+"""Replay fuzzer artifacts through a harness and print each as a regression-test blob.
+
+    python fuzz/replay.py HARNESS FILE...
+
+For each FILE: runs the harness's one_input, reports what escaped (if anything), and prints the
+exercised image packed with common.pack_blob, ready to paste into tests/corpus/test_fuzz_regressions.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from pathlib import Path
+
+from common import pack_blob
+
+
+def main(argv: list[str]) -> int:
+    harness = importlib.import_module(f"fuzz_{argv[0]}")
+    status = 0
+    for name in argv[1:]:
+        data = Path(name).read_bytes()
+        from common import patched_image
+
+        try:
+            image = harness.one_input(data)
+            print(f"{name}: no escape")
+        except Exception:
+            status = 1
+            print(f"{name}: escaped:\n{traceback.format_exc()}")
+            image = data if argv[0] == "read_all" else bytes(patched_image(data, harness_key(argv[0]))[0])
+        print(f"BLOB {name} {pack_blob(image)}")
+    return status
+
+
+def harness_key(harness: str) -> str | list[str]:
+    from make_seeds import PATCH_KEYS
+
+    return PATCH_KEYS[harness]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
