@@ -330,14 +330,13 @@ class Superblock:
         bs = self.block_size
         if self["s_rev_level"] > K.DYNAMIC_REV:
             raise UnsupportedFeature(f"filesystem revision {self['s_rev_level']} is too new")
+        if self.has_ro_compat("bigalloc"):
+            # Checked first: with bigalloc, blocks per group is clusters per group times the
+            # cluster ratio and may exceed 8 * block size, which would read as corruption below.
+            raise UnsupportedFeature("bigalloc filesystems are not supported", features=("bigalloc",))
         bpg = self["s_blocks_per_group"]
         if bpg < 8 or bpg > 8 * bs or bpg % 8:
             raise CorruptError(f"bad blocks per group {bpg}", where=where)
-        if self.has_ro_compat("bigalloc"):
-            raise UnsupportedFeature("bigalloc filesystems are not supported", features=("bigalloc",))
-        if self["s_log_cluster_size"] != self["s_log_block_size"] and not self.has_ro_compat("bigalloc"):
-            # mke2fs sets them equal without bigalloc; old images may have 0 here.
-            pass
         ipg = self["s_inodes_per_group"]
         if ipg < 1 or ipg > 8 * bs:
             raise CorruptError(f"bad inodes per group {ipg}", where=where)

@@ -837,6 +837,15 @@ def test_unknown_incompat_feature_is_named(bits: int, name: str, tmp_path: Path)
     assert name in info.value.features
 
 
+def test_bigalloc_is_refused_as_unsupported_not_corrupt(tmp_path: Path) -> None:
+    # Its blocks per group (clusters x ratio) exceeds 8 x block size: that must not read as corruption.
+    image = tmp_path / "big.img"
+    mke2fs(image, "-t", "ext4", "-O", "bigalloc", "-C", "65536", size="64M")
+    with pytest.raises(UnsupportedFeature) as info:
+        Filesystem.open(image)
+    assert info.value.features == ("bigalloc",)
+
+
 def test_reads_through_backup_superblock(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
