@@ -293,8 +293,10 @@ def seeds_for(key: str | list[str]) -> list[bytes]:
     return out
 
 
-def run_harness(one_input: Any) -> None:
-    """atheris entry point: instrument pyext4, build the bases, fuzz ``one_input``."""
+def run_harness(one_input: Any, modules: tuple[str, ...] = ()) -> None:
+    """atheris entry point: instrument pyext4 (and ``modules``), build the bases, fuzz ``one_input``."""
+    import importlib
+
     import atheris
 
     with atheris.instrument_imports(include=["pyext4"]):
@@ -304,6 +306,9 @@ def run_harness(one_input: Any) -> None:
         import pyext4.reader  # noqa: F401
         import pyext4.superblock  # noqa: F401
         import pyext4.xattr  # noqa: F401
+
+        for name in modules:
+            importlib.import_module(name)
     build_bases()
 
     def test_one(data: bytes) -> None:

@@ -31,11 +31,20 @@ def write_seed(directory: Path, data: bytes) -> None:
     (directory / hashlib.sha1(data).hexdigest()).write_bytes(data)
 
 
+def write_writer_seeds(seeds: Path) -> None:
+    from fuzz_writer import seeds as writer_seeds
+
+    for data in writer_seeds():
+        write_seed(seeds / "writer", data)
+
+
 def main(argv: list[str]) -> int:
     seeds = WORK / "seeds"
     if "--force" in argv:
         shutil.rmtree(WORK, ignore_errors=True)
     if seeds.is_dir() and (WORK / "layout.json").exists():
+        if not (seeds / "writer").is_dir():  # a work dir made before the writer harness
+            write_writer_seeds(seeds)
         return 0
     build_bases()
     for name in BASE_NAMES:
@@ -52,6 +61,7 @@ def main(argv: list[str]) -> int:
     for harness, key in PATCH_KEYS.items():
         for data in seeds_for(key):
             write_seed(seeds / harness, data)
+    write_writer_seeds(seeds)
     counts = {d.name: len(list(d.iterdir())) for d in sorted(seeds.iterdir())}
     print("seeds:", counts)
     return 0

@@ -3,7 +3,8 @@
     python fuzz/replay.py HARNESS FILE...
 
 For each FILE: runs the harness's one_input, reports what escaped (if anything), and prints the
-exercised image packed with common.pack_blob, ready to paste into tests/corpus/test_fuzz_regressions.py.
+exercised image packed with common.pack_blob, ready to paste into tests/corpus/test_fuzz_regressions.py
+(for the writer harness, also the options byte the session ran with).
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ def main(argv: list[str]) -> int:
         except Exception:
             status = 1
             print(f"{name}: escaped:\n{traceback.format_exc()}")
-            image = data if argv[0] == "read_all" else bytes(patched_image(data, harness_key(argv[0]))[0])
+            if hasattr(harness, "image_of"):
+                image = bytes(harness.image_of(data)[0])
+            elif argv[0] == "read_all":
+                image = data
+            else:
+                image = bytes(patched_image(data, harness_key(argv[0]))[0])
+        if hasattr(harness, "regression_image"):  # the writer: a slimmer image, and its options byte
+            image = harness.regression_image(data)
+            print(f"OPTIONS {name} {harness.image_of(data)[1]}")
         print(f"BLOB {name} {pack_blob(image)}")
     return status
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run one read-side fuzz harness for a while:  fuzz/run.sh HARNESS SECONDS [libFuzzer options...]
-#   HARNESS: read_all | superblock | inode_extents | dir_htree | xattr
+# Run one fuzz harness for a while:  fuzz/run.sh HARNESS SECONDS [libFuzzer options...]
+#   HARNESS: read_all | superblock | inode_extents | dir_htree | xattr | writer
+# (writer is slow: every input runs e2fsck twice; its -timeout is 30 s.)
 # Uses the current python when atheris imports there, else a venv in fuzz/work/venv (pip install atheris).
 # New interesting inputs go to fuzz/work/corpus/HARNESS; crashes, timeouts and OOMs to
 # fuzz/work/crashes/HARNESS (turn each into a regression test: python fuzz/replay.py HARNESS FILE).
@@ -25,6 +26,8 @@ export PATH="/usr/sbin:/sbin:$PATH"
 mkdir -p "work/corpus/$harness" "work/crashes/$harness"
 max_len=65536
 [ "$harness" = read_all ] && max_len=1048576
+timeout=5
+[ "$harness" = writer ] && timeout=30
 exec "$py" "fuzz_${harness}.py" "work/corpus/$harness" "work/seeds/$harness" \
-    -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 -max_len="$max_len" \
+    -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 -max_len="$max_len" \
     -artifact_prefix="work/crashes/$harness/" -print_final_stats=1 "$@"

@@ -37,6 +37,7 @@ from .blockmap import build as blockmap_build
 from .blockmap import capacity as blockmap_capacity
 from .blockmap import meta_blocks as blockmap_meta
 from .blockmap import meta_needed as blockmap_meta_needed
+from .blockmap import walk as blockmap_walk
 from .csum import bitmap_csum, extent_block_csum, inode_seed
 from .errors import (
     ChecksumError,
@@ -352,7 +353,21 @@ class WritableFilesystem(Filesystem):
         return copy
 
     def _pack_inode(self, ino: int, inode: Inode) -> bytearray:
-        raw = inode.pack(self.geo.inode_size)
+        isz = self.geo.inode_size
+        extra = inode.extra_isize if isz > K.GOOD_OLD_INODE_SIZE else 0
+        if extra > C.INODE_EXTRA.size:
+            # Inode.pack lays out only the extra fields it knows (32 bytes) and would return a
+            # shorter inode for a larger i_extra_isize: pack with 32, then put back the real
+            # i_extra_isize (the bytes past the known fields are reserved: zeros) and the tail.
+            known = inode.copy()
+            known.extra_isize = C.INODE_EXTRA.size
+            known.tail = b""
+            raw = known.pack(isz)
+            raw[128:130] = extra.to_bytes(2, "little")
+            tail = inode.tail[: isz - 128 - extra]
+            raw[128 + extra : 128 + extra + len(tail)] = tail
+        else:
+            raw = inode.pack(isz)
         if self.metadata_csum:
             set_checksum(raw, self.seed, ino, self.geo.inode_size)
         return raw
@@ -883,7 +898,15 @@ class WritableFilesystem(Filesystem):
                 first_data_block=geo.first_data_block, ino=ino, verify=verify,
             )
             return extents, tree
-        exts = self.extents_of(ino, inode)
+        # The whole map, not just up to i_size as extents_of reads it: blocks past the end (allowed
+        # for verity files) are still the file's, to be freed with it.
+        exts = [
+            E.Extent(logical, physical, length)
+            for logical, physical, length in blockmap_walk(
+                inode.block, self.read_block, block_size=self.block_size, blocks_count=geo.blocks_count,
+                first_data_block=geo.first_data_block, where=f"inode {ino}",
+            )
+        ]
         meta = blockmap_meta(
             inode.block, self.read_block, block_size=self.block_size, blocks_count=geo.blocks_count,
             first_data_block=geo.first_data_block, where=f"inode {ino}",
@@ -1034,13 +1057,15 @@ class WritableFilesystem(Filesystem):
                 continue
             if self._insert_into_block(buf, child, name, ft, has_tail=has_tail, check_duplicate=check_duplicate,
                                        where=f"directory inode {dir_ino} block {logical}",
-                                       hint=(physical, raw)):
+                                       hint=(physical, raw), first=_after_dot(buf, bs) if logical == 0 else 0):
                 self._write_dir_block(dir_ino, inode, physical, buf)
                 self._keep_hint(physical)
                 self._touch_dir_times(dir_ino)
                 self._dir_cache.pop(dir_ino, None)
                 return
         if self.dir_index and nblocks == 1 and not inode.flags & K.INDEX_FL:
+            if 0 not in mapping:
+                raise CorruptError("the directory's first block is not mapped", where=f"directory inode {dir_ino}")
             self._make_indexed(dir_ino, inode, mapping[0], name, child, ft)
         else:
             buf = D.build_leaf_block([(child, name, ft)], block_size=bs, filetype=self.filetype,
@@ -1051,27 +1076,35 @@ class WritableFilesystem(Filesystem):
         self._dir_cache.pop(dir_ino, None)
 
     def _insert_into_block(self, buf: bytearray, child: int, name: bytes, ft: int, *, has_tail: bool,
-                           check_duplicate: bool, where: str, hint: tuple[int, bytes] | None = None) -> bool:
+                           check_duplicate: bool, where: str, hint: tuple[int, bytes] | None = None,
+                           first: int = 0) -> bool:
         """Add an entry to a leaf block in place (first fit, as the kernel does); False when full.
 
         When the caller already knows the name is absent (``check_duplicate``
         False) this walks only the rec_len chain instead of parsing every
         entry, starting where the last insertion into the same, unchanged
         block ended (``hint``: its block number and the bytes read): the hot
-        path of bulk writes into one directory.
+        path of bulk writes into one directory.  Nothing goes before ``first``
+        (in a directory's first block: the end of '.', which '..' must follow).
         """
         self._hint_offset = -1
         if check_duplicate:
-            return D.insert_into_block(buf, child, name, ft, block_size=self.block_size, filetype=self.filetype,
-                                       has_tail=has_tail, where=where)
-        start = 0
-        if hint is not None:
+            if not first:
+                return D.insert_into_block(buf, child, name, ft, block_size=self.block_size,
+                                           filetype=self.filetype, has_tail=has_tail, where=where)
+            for entry in D.parse_block(buf, block_size=self.block_size, filetype=self.filetype, has_tail=has_tail,
+                                       where=where):
+                if entry.name == name:
+                    raise FileExists(decode_name(name))
+        start = first
+        if hint is not None and not check_duplicate:
             known = self._insert_hints.get(hint[0])
-            if known is not None and known[0] is hint[1]:
+            if known is not None and known[0] is hint[1] and known[1] > first:
                 start = known[1]
         if self._insert_from(buf, start, child, name, ft, has_tail=has_tail, where=where):
             return True
-        return start > 0 and self._insert_from(buf, 0, child, name, ft, has_tail=has_tail, where=where, stop=start)
+        return start > first and self._insert_from(buf, first, child, name, ft, has_tail=has_tail, where=where,
+                                                   stop=start)
 
     def _keep_hint(self, block: int) -> None:
         """Remember where the entry just inserted into ``block`` sits (valid while the block is unchanged)."""
@@ -2064,6 +2097,8 @@ class WritableFilesystem(Filesystem):
                         new_extents.append(E.Extent(ext.logical, ext.physical, cut, ext.unwritten))
                     else:
                         new_extents.append(ext)
+                # The mapping first: it may still refuse (a tree block already free, no space).
+                self._set_mapping(ino, inode, new_extents, meta)
                 if size % bs and size < inode.size:
                     # zero the tail of the last kept block, as the kernel does
                     last = size // bs
@@ -2071,7 +2106,6 @@ class WritableFilesystem(Filesystem):
                         if ext.logical <= last < ext.logical + ext.length and not ext.unwritten:
                             phys = ext.physical + last - ext.logical
                             self._data_pwrite(phys * bs + size % bs, bytes(bs - size % bs))
-                self._set_mapping(ino, inode, new_extents, meta)
                 self._set_size(inode, size)
             now = self._now()
             inode.mtime = inode.ctime = now
@@ -2114,6 +2148,8 @@ class WritableFilesystem(Filesystem):
                 self._convert_to_blocks(ino, inode, old)
             if end > self._max_size(inode):
                 raise InvalidOptions(f"a file of {end} bytes is larger than this filesystem allows (EFBIG)")
+            if inode.size > self._max_size(inode):  # refused here, before any data is written
+                raise CorruptError(f"i_size {inode.size} is larger than this inode can map", where=f"inode {ino}")
             self._write_range(ino, inode, offset, payload)
             self._set_size(inode, max(inode.size, end))
             self._finish_write(inode)
@@ -2418,7 +2454,13 @@ class WritableFilesystem(Filesystem):
         desc = self.group_desc(group)
         per_block = self.block_size // geo.inode_size
         first_index = (block - desc.inode_table) * per_block
-        bm = self._inode_bitmap(group)
+        try:
+            bm = self._inode_bitmap(group)
+        except Ext4Error:
+            # Only operations that edit existing inodes touched this group, so its bitmap was never
+            # checked; flush must not fail half-way: keep the block's other inodes as they are.
+            yield False
+            return
         for index in range(first_index, min(first_index + per_block, self._ipg)):
             ino = group * self._ipg + index + 1
             yield not bm.test(index) or ino in members
@@ -2446,6 +2488,15 @@ def _restorer(table: dict[int, bytes], key: int) -> Callable[[], None]:
             table[key] = old
 
     return restore
+
+
+def _after_dot(buf: bytes | bytearray, block_size: int) -> int:
+    """Where new entries may start in a directory's first block: after '.' (its slack must stay empty,
+    since '..' has to be the second entry; e2fsck leaves a '.' of rec_len 24 unsplit).  0 if no '.'."""
+    if buf[6] != 1 or buf[8:9] != b".":
+        return 0
+    rec_len = D.rec_len_from_disk(int.from_bytes(buf[4:6], "little"), block_size)
+    return rec_len if 12 <= rec_len < block_size and not rec_len & 3 else 0
 
 
 def _check_owner(uid: int, gid: int) -> None:
