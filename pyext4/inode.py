@@ -184,7 +184,8 @@ class Inode:
                 extra, (self.checksum >> 16) & 0xFFFF, ctime_x, mtime_x, atime_x, crtime, crtime_x,
                 (self.version >> 32) & 0xFFFFFFFF, self.projid,
             )
-            raw[128 : 128 + extra] = fields[:extra]
+            known = min(extra, len(fields))  # past the known fields (i_extra_isize > 32): reserved zeros
+            raw[128 : 128 + known] = fields[:known]
         if self.tail:
             start = 128 + extra
             raw[start : start + len(self.tail)] = self.tail[: inode_size - start]

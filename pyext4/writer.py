@@ -353,21 +353,7 @@ class WritableFilesystem(Filesystem):
         return copy
 
     def _pack_inode(self, ino: int, inode: Inode) -> bytearray:
-        isz = self.geo.inode_size
-        extra = inode.extra_isize if isz > K.GOOD_OLD_INODE_SIZE else 0
-        if extra > C.INODE_EXTRA.size:
-            # Inode.pack lays out only the extra fields it knows (32 bytes) and would return a
-            # shorter inode for a larger i_extra_isize: pack with 32, then put back the real
-            # i_extra_isize (the bytes past the known fields are reserved: zeros) and the tail.
-            known = inode.copy()
-            known.extra_isize = C.INODE_EXTRA.size
-            known.tail = b""
-            raw = known.pack(isz)
-            raw[128:130] = extra.to_bytes(2, "little")
-            tail = inode.tail[: isz - 128 - extra]
-            raw[128 + extra : 128 + extra + len(tail)] = tail
-        else:
-            raw = inode.pack(isz)
+        raw = inode.pack(self.geo.inode_size)
         if self.metadata_csum:
             set_checksum(raw, self.seed, ino, self.geo.inode_size)
         return raw

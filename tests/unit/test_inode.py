@@ -1,0 +1,28 @@
+"""Inode values: pack and parse agree, whatever i_extra_isize says."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyext4.inode import Inode
+
+
+@pytest.mark.parametrize("extra", [0, 4, 28, 32, 36, 64, 128])
+def test_pack_keeps_the_inode_size_and_the_tail(extra: int) -> None:
+    inode = Inode()
+    inode.mode = 0o100644
+    inode.uid, inode.gid = 70000, 80000
+    inode.size = (5 << 32) + 7
+    inode.mtime = 1_700_000_000_123_456_789
+    inode.extra_isize = extra
+    tail_room = 256 - 128 - extra
+    inode.tail = bytes(range(1, 1 + min(tail_room, 40)))
+    raw = inode.pack(256)
+    assert len(raw) == 256
+    back = Inode.parse(raw, 256)
+    assert back.extra_isize == extra
+    assert (back.uid, back.gid, back.size) == (70000, 80000, (5 << 32) + 7)
+    assert back.tail[: len(inode.tail)] == inode.tail
+    if extra >= 32:  # all the extra fields fit: nanoseconds kept
+        assert back.mtime == inode.mtime
+        assert raw[128 + 32 : 128 + extra] == bytes(extra - 32)  # reserved bytes past the known fields
