@@ -58,6 +58,9 @@ class _Extractor:
         self.bs = fs.block_size
         self.root_fd = -1
         self.can_copy_range = self.img_fd >= 0 and hasattr(os, "copy_file_range")
+        # Across filesystems (image on ext4, DEST on tmpfs) copy_file_range is EXDEV; sendfile
+        # still moves the data inside the kernel, page cache to page cache.
+        self.can_sendfile = self.img_fd >= 0 and hasattr(os, "sendfile")
         self.deferred: list[tuple[str, int, Inode, str]] = []  # directories finished at the end
 
     # ----------------------------------------------------------- messages
@@ -280,6 +283,18 @@ class _Extractor:
                 if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                     raise
                 self.can_copy_range = False
+        if self.can_sendfile and done < length:
+            try:
+                os.lseek(out_fd, dst_offset + done, os.SEEK_SET)
+                while done < length:
+                    n = os.sendfile(out_fd, self.img_fd, src_offset + done, min(length - done, _COPY_CHUNK))
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                self.can_sendfile = False
         while done < length:
             n = min(length - done, 1 << 22)
             data = self.fs.dev.pread(src_offset + done, n)
