@@ -174,11 +174,18 @@ class WritableFilesystem(Filesystem):
                 "the filesystem is marked as having errors; run e2fsck first (or force=True)", where="superblock"
             )
         self._ipg = self.geo.inodes_per_group
-        self._want_extra = self.sb["s_want_extra_isize"] or (32 if self.geo.inode_size > 128 else 0)
-        if self.geo.inode_size > 128 and self._want_extra < 4:
-            self._want_extra = 32
-        if self._want_extra > self.geo.inode_size - 128:
-            self._want_extra = self.geo.inode_size - 128
+        self._want_extra = self._extra_isize_for_new_inodes()
+
+    def _extra_isize_for_new_inodes(self) -> int:
+        """i_extra_isize for inodes this session creates: s_want_extra_isize when e2fsck would accept it
+        (a multiple of 4 between 4 and inode_size - 128), else the kernel's default of 32 (or what fits)."""
+        room = self.geo.inode_size - K.GOOD_OLD_INODE_SIZE
+        if room <= 0:
+            return 0
+        want = self.sb["s_want_extra_isize"]
+        if 4 <= want <= room and not want & 3:
+            return int(want)
+        return min(32, room & ~3)
 
     def __enter__(self) -> WritableFilesystem:
         return self
