@@ -739,6 +739,39 @@ def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, i
                 fs.set_xattrs(ino, values)
 
 
+def _put_tree(fs: Any, image: str, src: str, target: str, mode: int | None, owner: tuple[int, int] | None,
+              preserve: bool) -> None:
+    """put -r: the host tree under ``target`` in one bulk populate (all or nothing), with put's rules:
+    owners 0:0, the current time, no xattrs and hard links copied apart unless -p; --mode on all but
+    symlinks; an existing directory keeps its metadata unless -p, --mode or --owner say otherwise."""
+    from .errors import FileExists
+    from .populate import populate, scan_directory
+
+    parent, name, shown = fs._parent_and_name(target)
+    existing = fs._lookup_child(parent, name)
+    if existing is not None and not fs.inode(existing).is_dir():
+        raise FileExists(shown)
+    image_st = os.stat(image)
+    nodes = scan_directory(os.path.realpath(src), exclude={(image_st.st_dev, image_st.st_ino)})
+    now = fs._now()
+    keep_dirs = not (preserve or mode is not None or owner is not None)
+    kept = []
+    for node in nodes:
+        if node.kind == "dir" and existing is not None and keep_dirs:
+            image_path = target.rstrip("/") + os.fsdecode(node.path) if node.path != b"/" else target
+            if fs.exists(image_path):
+                continue  # an existing directory: left as it is
+        if mode is not None and node.kind != "symlink":
+            node.mode = mode
+        if not preserve:
+            node.atime_ns = node.mtime_ns = now
+            node.link_key = None
+            node.xattrs = {}
+        kept.append(node)
+    squash = owner if owner is not None else (None if preserve else (0, 0))
+    populate(fs, src, nodes=kept, owner=squash, xattrs=preserve, dest=target)
+
+
 @main.command("put")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.argument("src", type=click.Path(exists=True))
@@ -763,27 +796,8 @@ def put_cmd(image: str, src: str, dest: str, recursive: bool, mode_text: str | N
         if fs.is_dir(dest):
             base = os.path.basename(os.path.normpath(src))
             target = dest.rstrip("/") + "/" + base
-        links: dict[tuple[int, int], str] | None = {} if preserve else None
         if statmod.S_ISDIR(st.st_mode):
-            _put_one(fs, src, target, mode, owner, preserve)
-            pending = [(src, target)]
-            while pending:
-                host_dir, image_dir = pending.pop()
-                with os.scandir(host_dir) as it:
-                    entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
-                for name, is_dir in entries:
-                    host_path = os.path.join(host_dir, name)
-                    image_path = image_dir.rstrip("/") + "/" + name
-                    _put_one(fs, host_path, image_path, mode, owner, preserve, links)
-                    if is_dir:
-                        pending.append((host_path, image_path))
-            if preserve:
-                # directory times again, after their contents changed them
-                for host_dir, _dirs, _files in os.walk(src):
-                    rel = os.path.relpath(host_dir, src)
-                    image_dir = target if rel == "." else target.rstrip("/") + "/" + rel
-                    dst = os.stat(host_dir)
-                    fs.set_times(fs.resolve(image_dir), atime=dst.st_atime_ns, mtime=dst.st_mtime_ns)
+            _put_tree(fs, image, src, target, mode, owner, preserve)
         else:
             _put_one(fs, src, target, mode, owner, preserve)
 

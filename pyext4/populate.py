@@ -507,6 +507,7 @@ class PopulateOptions:
     timestamp: int | None = None  # seconds: clamp every time to it
     now_ns: int = 0
     xattrs: bool = True
+    dest: bytes = b"/"  # where the source's root goes in the image
 
 
 def apply_policy(nodes: list[Node], opts: PopulateOptions) -> None:
@@ -538,6 +539,29 @@ def apply_policy(nodes: list[Node], opts: PopulateOptions) -> None:
                 node.ctime_ns = clamp
         if not opts.xattrs:
             node.xattrs = {}
+    if opts.dest != b"/":
+        _rebase(nodes, opts.dest)
+
+
+def _rebase(nodes: list[Node], dest: bytes) -> None:
+    """Move source paths under ``dest`` (absolute, no trailing slash): b"/" becomes dest itself."""
+    for node in nodes:
+        node.path = dest if node.path == b"/" else dest + node.path
+        if node.kind == "hardlink":
+            node.target = dest if node.target == b"/" else dest + node.target
+
+
+def _dest_path(dest: str | bytes | os.PathLike[str]) -> bytes:
+    raw = os.fsencode(dest)
+    if not raw.startswith(b"/"):
+        raise InvalidOptions(f"{decode_name(raw)}: the destination must be an absolute image path")
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise InvalidOptions(f"{decode_name(raw)}: '..' is not allowed in the destination")
+    for part in parts:
+        if len(part) > K.NAME_LEN or b"\0" in part:
+            raise InvalidOptions(f"{decode_name(raw)}: invalid name in the destination")
+    return b"/" + b"/".join(parts)
 
 
 # ================================================================ sizing
@@ -653,6 +677,15 @@ def _mapping_blocks_for(data_blocks: int, ranges: int, bs: int, extents: bool) -
     return meta
 
 
+def _pool_size(size: int) -> int:
+    """A pooled buffer's length for a request of ``size`` bytes: the next power of two from 256 KiB,
+    at most _POOL_BUFFER (requests above it get a buffer of their own)."""
+    n = 256 << 10
+    while n < size:
+        n <<= 1
+    return min(n, _POOL_BUFFER)
+
+
 # ================================================================ building
 class _DataWriter:
     """Coalesces consecutive block writes into large pwritev calls and copies ranges with copy_file_range.
@@ -733,16 +766,20 @@ class _DataWriter:
         if size > _POOL_BUFFER:
             return bytearray(size)
         if self.jobs is None:
-            if not self.spare:
-                self.spare.append(bytearray(_POOL_BUFFER))
+            if not self.spare or len(self.spare[0]) < size:
+                self.spare[:] = [bytearray(_pool_size(size))]
             return self.spare[0]
         try:
-            return self.pool.get_nowait()
+            buf = self.pool.get_nowait()
         except queue.Empty:
-            pass
-        if self.pool_made < _POOL_SIZE:
-            self.pool_made += 1
-            return bytearray(_POOL_BUFFER)
+            if self.pool_made < _POOL_SIZE:
+                self.pool_made += 1
+                return bytearray(_pool_size(size))
+            buf = self._wait_for_buffer()
+        # Pooled buffers start as small as their first use (zeroing 16 MiB costs milliseconds) and grow.
+        return buf if len(buf) >= size else bytearray(_pool_size(size))
+
+    def _wait_for_buffer(self) -> bytearray:
         while True:  # all in flight: wait for the I/O thread to give one back
             if self.error is not None:
                 error, self.error = self.error, None
@@ -767,7 +804,7 @@ class _DataWriter:
                 offset += size
         finally:
             del view
-            if len(buf) == _POOL_BUFFER and self.jobs is not None:
+            if len(buf) <= _POOL_BUFFER and self.jobs is not None:
                 self.pool.put(buf)
 
     def finish(self) -> None:
@@ -2002,6 +2039,7 @@ def populate(
     xattrs: bool = True,
     progress: Callable[[int], None] | None = None,
     nodes: list[Node] | None = None,
+    dest: str | bytes = "/",
 ) -> PopulateReport:
     """Copy a whole tree into ``fs``: a host directory, a tar archive (path or binary stream) or an ext4 image.
 
@@ -2012,7 +2050,10 @@ def populate(
     directory; ``timestamp`` (seconds) clamps every time, and is the time of
     new inodes (else ``now``, else the filesystem's clock).  ``progress`` is
     called with byte counts as data is copied.  ``nodes`` is a scan of the
-    same source made earlier (see source_needs).  Nothing reaches the disk
+    same source made earlier (see source_needs); it is changed in place.  ``dest``
+    (an absolute image path) is where the source's root goes: missing parents
+    are made 0755 with the new owner, and ``root_owner``/``root_mode`` apply
+    to ``dest``; rules still match the source's paths.  Nothing reaches the disk
     before the end except file data; the writer's flush (close) writes the
     rest.  Raises InvalidOptions for bad sources, NoSpace when ``fs`` is too
     small, Ext4Error subclasses for a damaged ext4 source, OSError for host errors.
@@ -2027,7 +2068,7 @@ def populate(
     if timestamp is not None:
         now_ns = timestamp * _NS
     opts = PopulateOptions(owner=owner, root_owner=root_owner, root_mode=root_mode, rules=list(rules or []),
-                           timestamp=timestamp, now_ns=now_ns, xattrs=xattrs)
+                           timestamp=timestamp, now_ns=now_ns, xattrs=xattrs, dest=_dest_path(dest))
     report = PopulateReport()
     kind, handle = classify_source(source)
     try:

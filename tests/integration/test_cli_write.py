@@ -137,6 +137,57 @@ def test_put_recursive_preserve(img: Path, tree: Path) -> None:
         assert not diff, diff
 
 
+def test_put_recursive_over_existing_directories(img: Path, tree: Path) -> None:
+    """Without -p/--mode/--owner an existing directory keeps its metadata (as mkdir -p would); with
+    --owner it takes the new owner and the host's mode."""
+    ok("mkdir", img, "/dst/src/sub", "-p", "--mode", "0711", "--owner", "5:6")
+    ok("put", img, tree / "a.txt", "/dst/src/sub/deeper")  # a file where the tree has a directory
+    fails("put", "-r", img, tree, "/dst", needle="deeper")
+    ok("rm", img, "/dst/src/sub/deeper")
+    ok("put", "-r", img, tree, "/dst")  # /dst exists: the copy is /dst/src, which exists too
+    with Filesystem.open(img) as fs:
+        for path in ("/dst/src", "/dst/src/sub"):
+            st = fs.stat(path)
+            assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o711, 5, 6), path
+        st = fs.stat("/dst/src/sub/deeper")
+        assert (statmod.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
+        assert fs.read_bytes("/dst/src/sub/deeper/x") == b"x" * 5000
+    ok("put", "-r", img, tree, "/dst", "--owner", "1:2")
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        st = fs.stat("/dst/src/sub")
+        assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, 1, 2)
+        st = fs.stat("/dst/src/empty-dir")
+        assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1777, 1, 2)
+
+
+def test_put_recursive_refusals_change_nothing(img: Path, tree: Path, tmp_path: Path) -> None:
+    ok("put", img, tree / "a.txt", "/file")
+    before = sha256_file(img)
+    fails("put", "-r", img, tree, "/file", needle="/file")  # a file is in the way
+    fails("put", "-r", img, tree, "/missing/x", needle="/missing")
+    assert sha256_file(img) == before
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(8):
+        (big / f"f{i}").write_bytes(os.urandom(10 << 20))
+    fails("put", "-r", img, big, "/big", needle="space")  # 80 MiB into a 64 MiB image
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        assert sorted(fs.listdir("/")) == ["file", "lost+found"]
+        assert fs.read_bytes("/file") == b"alpha\n"
+
+
+def test_put_recursive_leaves_out_the_image_itself(tree: Path) -> None:
+    inner = tree / "sub" / "inner.img"
+    mkfs(inner, "16M", uuid=UUID, hash_seed=HASH_SEED, now=NOW)
+    ok("put", "-r", inner, tree, "/")
+    assert_clean(inner)
+    with Filesystem.open(inner) as fs:
+        assert "inner.img" not in fs.listdir("/src/sub")
+        assert fs.read_bytes("/src/sub/big") == (tree / "sub" / "big").read_bytes()
+
+
 def test_put_errors(img: Path, tree: Path, tmp_path: Path) -> None:
     before = sha256_file(img)
     fails("put", img, tree, "/x", needle="is a directory (use -r)")

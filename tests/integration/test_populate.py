@@ -655,6 +655,42 @@ def test_populate_into_non_empty_filesystem(tmp: Path) -> None:
         assert os.stat(mnt).st_nlink == len([e for e in os.scandir(mnt) if e.is_dir(follow_symlinks=False)]) + 2
 
 
+def test_dest_puts_the_source_root_at_a_path(tmp: Path) -> None:
+    """dest=: a directory source and a tar (hard links rebased too) under paths of the image; missing
+    parents are made, root_owner applies to dest, and the rest of the image stays."""
+    img = fresh_image(tmp / "dest.img", "64M")
+    with Filesystem.open(img, writable=True, now=NOW) as fs:
+        fs.mkdir("/srv", 0o700, 5, 6)
+        fs.write_file("/srv/keep", b"kept")
+    src = tmp / "src"
+    _write(src / "a" / "file", b"from the directory\n", 0o640)
+    archive = _tar_with([
+        ("dir", "z", b""),
+        ("file", "z/target", b"shared"),
+        ("link", "y/link", "z/target"),
+    ], tmp / "dest.tar")
+    with Filesystem.open(img, writable=True, now=NOW) as fs:
+        populate(fs, src, dest="/srv/./tree/", root_owner=(7, 8), root_mode=0o750)
+        report = populate(fs, archive, dest="/deep/er")
+        with pytest.raises(InvalidOptions, match="absolute"):
+            populate(fs, src, dest="relative")
+        with pytest.raises(InvalidOptions, match="'..'"):
+            populate(fs, src, dest="/srv/../etc")
+    assert report.hardlinks == 1
+    assert_fsck_clean(img)
+    view = kernel_view(img)
+    assert view[b"/srv/keep"]["sha256"] == hashlib.sha256(b"kept").hexdigest()
+    assert (view[b"/srv"]["mode"] & 0o7777, view[b"/srv"]["uid"]) == (0o700, 5)  # dest's parent untouched
+    tree_root = view[b"/srv/tree"]
+    assert (tree_root["mode"] & 0o7777, tree_root["uid"], tree_root["gid"]) == (0o750, 7, 8)
+    assert view[b"/srv/tree/a/file"]["sha256"] == hashlib.sha256(b"from the directory\n").hexdigest()
+    assert view[b"/srv/tree/a/file"]["mode"] & 0o7777 == 0o640
+    assert view[b"/deep/er/z/target"]["link"] == b"/deep/er/y/link"  # one inode (link: the first name)
+    assert view[b"/deep/er/y/link"]["nlink"] == 2
+    assert view[b"/deep"]["mode"] & 0o7777 == 0o755
+    assert b"/a" not in view and b"/z" not in view
+
+
 def test_directory_in_the_way_is_an_error(tmp: Path) -> None:
     img = fresh_image(tmp / "existing.img", "32M")
     with Filesystem.open(img, writable=True, now=NOW) as fs:
