@@ -686,23 +686,14 @@ def _parse_mode(text: str | None) -> int | None:
 _force_option = click.option("--force", is_flag=True, help="Write even if the image looks mounted or damaged.")
 
 
-def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, int] | None, preserve: bool,
-             links: dict[tuple[int, int], str] | None = None) -> None:
-    """Copy one host entry (not its children) to ``dest``; with ``links`` (-p), hard links stay links."""
+def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, int] | None, preserve: bool) -> None:
+    """Copy one host entry that is not a directory to ``dest`` (put without -r)."""
     import stat as statmod
 
     st = os.lstat(src)
     uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if preserve else (0, 0))
     perm = mode if mode is not None else statmod.S_IMODE(st.st_mode)
     kind = statmod.S_IFMT(st.st_mode)
-    if kind != statmod.S_IFDIR and links is not None and st.st_nlink > 1:
-        first = links.get((st.st_dev, st.st_ino))
-        if first is not None:
-            if fs.exists(dest):
-                fs.unlink(dest)
-            fs.link(first, dest)
-            return
-        links[(st.st_dev, st.st_ino)] = dest
     if kind in (statmod.S_IFLNK, statmod.S_IFIFO, statmod.S_IFSOCK, statmod.S_IFCHR, statmod.S_IFBLK):
         try:
             if not fs.lstat(dest).is_dir():
@@ -713,11 +704,6 @@ def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, i
         ino = fs.symlink(os.readlink(src), dest, uid=uid, gid=gid)
     elif kind == statmod.S_IFREG:
         ino = fs.write_file(dest, src, mode=perm, uid=uid, gid=gid)
-    elif kind == statmod.S_IFDIR:
-        ino = fs.mkdir(dest, perm, uid, gid, exist_ok=True)
-        if preserve or mode is not None or owner is not None:
-            fs.chmod(dest, perm)
-            fs.chown(dest, uid, gid)
     elif kind in (statmod.S_IFIFO, statmod.S_IFSOCK, statmod.S_IFCHR, statmod.S_IFBLK):
         ino = fs.mknod(dest, kind | perm, st.st_rdev, uid=uid, gid=gid)
     else:  # pragma: no cover
