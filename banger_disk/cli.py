@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -37,6 +36,8 @@ class _Group(click.Group):
             raise
         except Exception as exc:
             if ctx.params.get("debug"):
+                import traceback  # only here: it costs a millisecond of every start-up
+
                 traceback.print_exc(file=sys.stderr)
             click.echo(f"{PROG}: error: {_describe(exc)}", err=True)
             ctx.exit(1)

@@ -21,12 +21,11 @@ import re
 import stat as _stat
 import struct
 import sys
-import tarfile
 import threading
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import _codecs as C
 from . import constants as K
@@ -39,6 +38,9 @@ from .errors import Ext4Error, InvalidOptions, NoSpace
 from .inode import Inode, encode_time
 from .reader import Filesystem, decode_name
 from .writer import WritableFilesystem, _data_ranges, _empty_extent_root
+
+if TYPE_CHECKING:
+    import tarfile  # imported where an archive is read (it costs a millisecond of every start-up)
 
 _NS = 1_000_000_000
 _EH = C.EXTENT_HEADER
@@ -54,6 +56,7 @@ _COPY_PIECE = 16 << 20  # range copies go in pieces of this size (so writeback s
 _U16 = struct.Struct("<H")
 _INO_GEN = struct.Struct("<II")
 _IOV_MAX = 1024
+_INLINE_BYTES = 4 << 20  # sources with less file data than this are written without the I/O thread
 _ASYNC_COPY = 4 << 20  # range copies this large go to the I/O thread; smaller ones run at once
 _QUEUED_JOBS = 6  # writes waiting for the I/O thread (each up to _WRITE_BUFFER bytes, or one copy)
 _OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -295,6 +298,8 @@ def open_tar(source: str | os.PathLike[str] | BinaryIO) -> tarfile.TarFile:
 
     Raises InvalidOptions when it is not a readable tar archive.
     """
+    import tarfile
+
     try:
         if isinstance(source, (str, bytes, os.PathLike)):
             return tarfile.open(os.fspath(source), "r:*")  # type: ignore[arg-type]
@@ -314,6 +319,8 @@ def scan_tar(path: str | os.PathLike[str]) -> list[Node]:
 
     Raises InvalidOptions for an unreadable or damaged archive or an unsafe member name.
     """
+    import tarfile
+
     nodes: list[Node] = []
     with open_tar(path) as tf:
         try:
@@ -706,7 +713,9 @@ class _DataWriter:
         self.pending = 0
         self.written = 0
         self.can_copy = self.dst_fd >= 0 and hasattr(os, "copy_file_range")
-        self.can_advise = self.dst_fd >= 0 and hasattr(os, "posix_fadvise")
+        # Early writeback pays off for big sources only (a small one's range can still span gigabytes
+        # of a sparse image, which fadvise walks).
+        self.can_advise = threaded and self.dst_fd >= 0 and hasattr(os, "posix_fadvise")
         self.can_pwritev = self.dst_fd >= 0 and hasattr(os, "pwritev")
         self.advise_lo = -1
         self.advise_hi = -1
@@ -988,7 +997,7 @@ class _Builder:
     """Creates the entries of one populate() call; finish() writes directories and inodes."""
 
     def __init__(self, fs: WritableFilesystem, opts: PopulateOptions, report: PopulateReport,
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[int], None] | None, *, threaded: bool = True) -> None:
         self.fs = fs
         self.opts = opts
         self.report = report
@@ -1003,7 +1012,7 @@ class _Builder:
         self.pending_links: dict[bytes, list[Node]] = {}
         self.xattrs: dict[int, dict[str, bytes]] = {}
         self.meta: dict[int, Node] = {}  # existing directories whose metadata the source sets
-        self.data = _DataWriter(fs)
+        self.data = _DataWriter(fs, threaded=threaded)
         self.cursor = _Cursor(fs, fs.geo.group_first_block(0))
         self.extents_ok = fs.extents_feature
         self.csum = fs.metadata_csum
@@ -2081,7 +2090,10 @@ def populate(
         # One writer operation: on any error the in-memory metadata is rolled back, so closing the
         # filesystem afterwards leaves it as it was (data already written went to blocks still free).
         with fs._op():
-            builder = _Builder(fs, opts, report, progress)
+            # A small source is written inline: handing its few writes to the I/O thread costs more
+            # (about half a millisecond) than the overlap gains.
+            small = nodes is not None and sum(n.size for n in nodes if n.kind == "file") < _INLINE_BYTES
+            builder = _Builder(fs, opts, report, progress, threaded=not small)
             builder.track = builder.data.strict_order = kind == "tar"  # only an archive names a path twice
             builder.packable = builder.packable and not builder.track
             try:
@@ -2138,6 +2150,8 @@ def _populate_dir(builder: _Builder, nodes: list[Node]) -> None:
 
 def _populate_tar(builder: _Builder, handle: Any, nodes: list[Node] | None, opts: PopulateOptions) -> None:
     """Second pass over a scanned archive (``nodes`` by member index), or one pass over a stream."""
+    import tarfile
+
     by_index = {n.source: n for n in nodes} if nodes is not None else None
     with open_tar(handle) as tf:
         try:

@@ -739,13 +739,18 @@ class WritableFilesystem(Filesystem):
         geo = self.geo
         parent_group = geo.group_of_ino(parent_ino)
         hint = sum(name) if name else 0
+        top_level = parent_ino == K.ROOT_INO and geo.group_count > 1
+        group_desc: Callable[[int], GroupDesc] = self.group_desc
+        if is_dir and top_level:  # the spread reads every group's counts three times: look them up once
+            descs = [group_desc(g) for g in range(geo.group_count)]
+            group_desc = lambda g: descs[g]  # noqa: E731
         order = A.inode_groups(
             is_dir=is_dir, parent_group=parent_group, group_count=geo.group_count,
             log_groups_per_flex=geo.log_groups_per_flex if geo.flex_bg else 0,
-            free_inodes=lambda g: self.group_desc(g).free_inodes,
-            free_blocks=lambda g: self.group_desc(g).free_blocks,
-            used_dirs=lambda g: self.group_desc(g).used_dirs,
-            top_level=parent_ino == K.ROOT_INO and geo.group_count > 1,
+            free_inodes=lambda g: group_desc(g).free_inodes,
+            free_blocks=lambda g: group_desc(g).free_blocks,
+            used_dirs=lambda g: group_desc(g).used_dirs,
+            top_level=top_level,
             spread_hint=hint,
         )
         first_ino = self.sb.first_ino

@@ -944,8 +944,14 @@ def test_tar_acl_text() -> None:
         assert _acl_from_text(bad, minimal_is_mode=False) is None, bad
 
 
-def test_io_error_on_the_writer_thread(tree: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failing write on the I/O thread reaches the caller; nothing is left half-made in the image."""
+@pytest.mark.parametrize("threaded", [True, False], ids=["io-thread", "inline"])
+def test_io_error_on_the_writer_thread(tree: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch,
+                                       threaded: bool) -> None:
+    """A failing write (on the I/O thread, or inline for a small source) reaches the caller; nothing
+    is left half-made in the image."""
+    import pyext4.populate as populate_module
+
+    monkeypatch.setattr(populate_module, "_INLINE_BYTES", 0 if threaded else 1 << 40)
     img = fresh_image(tmp / "eio.img", "256M")
     calls = [0]
     real = os.pwritev
