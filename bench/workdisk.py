@@ -173,9 +173,6 @@ def bench_work_disk(args: Any, work: Path, results: dict[str, Any]) -> list[list
 
     def reset() -> None:
         c.drop_file(out)
-        # Untimed: write back what earlier runs left dirty, so no contender's fsync pays for them
-        # (an ext4 journal commit in data=ordered mode flushes every file in the transaction).
-        os.sync()
 
     def inproc() -> float:
         from banger_disk import VM, Image, VMRuntime, VMSpec, ensure_work_disk
