@@ -40,6 +40,12 @@ def decode_time(base: int, extra: int | None) -> int:
     return sec * NS + ((extra >> 2) & 0x3FFFFFFF)
 
 
+def _decode_time_x(base: int, extra: int) -> int:
+    """decode_time with the extra field present (the hot path of Inode.parse)."""
+    sec = (base - (1 << 32) if base & 0x80000000 else base) + ((extra & 3) << 32)
+    return sec * NS + ((extra >> 2) & 0x3FFFFFFF)
+
+
 def encode_time(ns: int) -> tuple[int, int]:
     """(seconds field, extra field) for a time in ns, clamped to ext4's range."""
     sec, nsec = divmod(ns, NS)
@@ -105,7 +111,7 @@ class Inode:
             version, block, generation, acl_lo, size_hi, faddr, blocks_hi, acl_hi, uid_hi,
             gid_hi, csum_lo, reserved,
         ) = _BASE.unpack_from(raw, 0)
-        ino = cls()
+        ino = cls.__new__(cls)  # every slot is set below (no defaults to overwrite)
         ino.mode = mode
         ino.uid = uid | (uid_hi << 16)
         ino.gid = gid | (gid_hi << 16)
@@ -114,12 +120,10 @@ class Inode:
         ino.links_count = links
         ino.blocks = blocks_lo | (blocks_hi << 32)
         ino.flags = flags
-        ino.version = version
-        ino.block = bytes(block)
+        ino.block = block
         ino.generation = generation
         ino.file_acl = acl_lo | (acl_hi << 32)
         ino.faddr = faddr
-        ino.checksum = csum_lo
         ino.l_i_reserved = reserved
         extra = 0
         if inode_size > K.GOOD_OLD_INODE_SIZE:
@@ -127,11 +131,20 @@ class Inode:
             if extra & 3 or 128 + extra > inode_size:
                 extra = 0  # invalid: treat as having no extra fields (the caller may flag it)
         ino.extra_isize = extra
-        if extra >= 2:
-            padded = bytes(raw[128 : 128 + extra]) + bytes(32 - min(extra, 32))
+        if extra >= 32:  # every extra field present (what mke2fs and the kernel write): no padding
+            (_, csum_hi, ctime_x, mtime_x, atime_x, crtime, crtime_x, version_hi, projid) = _EXTRA.unpack_from(raw, 128)
+            ino.checksum = csum_lo | csum_hi << 16
+            ino.has_ctime_extra = ino.has_mtime_extra = ino.has_atime_extra = ino.has_crtime = True
+            ino.ctime = _decode_time_x(ctime, ctime_x)
+            ino.mtime = _decode_time_x(mtime, mtime_x)
+            ino.atime = _decode_time_x(atime, atime_x)
+            ino.crtime = _decode_time_x(crtime, crtime_x)
+            ino.version = version | version_hi << 32
+            ino.projid = projid
+        elif extra >= 2:
+            padded = bytes(raw[128 : 128 + extra]) + bytes(32 - extra)
             (_, csum_hi, ctime_x, mtime_x, atime_x, crtime, crtime_x, version_hi, projid) = _EXTRA.unpack_from(padded, 0)
-            if extra >= _EXTRA_END["checksum_hi"]:
-                ino.checksum |= csum_hi << 16
+            ino.checksum = csum_lo | csum_hi << 16 if extra >= _EXTRA_END["checksum_hi"] else csum_lo
             ino.has_ctime_extra = extra >= _EXTRA_END["ctime_extra"]
             ino.has_mtime_extra = extra >= _EXTRA_END["mtime_extra"]
             ino.has_atime_extra = extra >= _EXTRA_END["atime_extra"]
@@ -140,16 +153,18 @@ class Inode:
             ino.mtime = decode_time(mtime, mtime_x if ino.has_mtime_extra else None)
             ino.atime = decode_time(atime, atime_x if ino.has_atime_extra else None)
             ino.crtime = decode_time(crtime, crtime_x) if ino.has_crtime else 0
-            if extra >= _EXTRA_END["version_hi"]:
-                ino.version |= version_hi << 32
-            if extra >= _EXTRA_END["projid"]:
-                ino.projid = projid
+            ino.version = version | version_hi << 32 if extra >= _EXTRA_END["version_hi"] else version
+            ino.projid = projid if extra >= _EXTRA_END["projid"] else 0
         else:
+            ino.checksum = csum_lo
+            ino.has_ctime_extra = ino.has_mtime_extra = ino.has_atime_extra = ino.has_crtime = False
             ino.ctime = decode_time(ctime, None)
             ino.mtime = decode_time(mtime, None)
             ino.atime = decode_time(atime, None)
-        if inode_size > 128 + extra:
-            ino.tail = bytes(raw[128 + extra : inode_size])
+            ino.crtime = 0
+            ino.version = version
+            ino.projid = 0
+        ino.tail = bytes(raw[128 + extra : inode_size]) if inode_size > 128 + extra else b""
         return ino
 
     # -------------------------------------------------------------- pack

@@ -651,6 +651,8 @@ class Filesystem:
         Reading such a file would mean allocating or streaming petabytes of holes; the
         kernel likewise refuses (i_size >= 2^63) or stops at s_maxbytes.
         """
+        if inode.size <= self.block_size:
+            return  # one block: within every kind of mapping's limit
         limit = self.max_file_size(inode)
         if inode.size > limit:
             raise CorruptError(
@@ -679,6 +681,16 @@ class Filesystem:
             return data[offset : offset + length].ljust(length, b"\0")
         if inode.is_symlink() and self._is_fast_symlink(inode):
             return bytes(inode.block[offset : offset + length])
+        # The common case, a range inside one written extent of an image file: one pread, no copies.
+        extents = self.extents_of(ino, inode)
+        if len(extents) == 1 and isinstance(self.dev, FileDevice) and self.dev.fd >= 0:
+            ext = extents[0]
+            first = ext.logical * self.block_size
+            if not ext.unwritten and first <= offset and offset + length <= first + ext.length * self.block_size:
+                data = os.pread(self.dev.fd, length, ext.physical * self.block_size + offset - first)
+                if len(data) == length:
+                    return data
+                # short: the image ends early; read_into says so precisely
         buf = bytearray(length)
         n = self.read_into(ino, inode, offset, memoryview(buf))
         del buf[n:]

@@ -958,6 +958,27 @@ def test_extents_out_of_range_or_overlapping(tmp_path: Path) -> None:
             fs.read_bytes("/small")
 
 
+def test_truncated_image_is_an_error_not_short_data(tmp_path: Path) -> None:
+    """A file whose one extent lies past the end of a truncated image: TruncatedError (the
+    single-extent pread fast path must not hand back short data), for read_bytes and for open()."""
+    from pyext4.errors import TruncatedError
+
+    def populate(src: Path) -> None:
+        (src / "tail").write_bytes(os.urandom(5000))
+
+    image = _hostile_image(tmp_path, populate)
+    with Filesystem.open(image) as fs:
+        ino = fs.resolve("/tail")
+        (ext,) = fs.extents_of(ino)
+        cut = ext.physical * fs.block_size + 2048  # inside the file's data
+    os.truncate(image, cut)
+    with Filesystem.open(image) as fs:
+        with pytest.raises(TruncatedError):
+            fs.read_bytes("/tail")
+        with fs.open_file("/tail") as f, pytest.raises(TruncatedError):
+            f.read()
+
+
 def test_absurd_sizes_do_not_allocate(tmp_path: Path) -> None:
     """An i_size of 2^60 (or 2^64-1) is refused before anything is allocated; stat still works."""
     from pyext4 import CorruptError
