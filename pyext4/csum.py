@@ -155,6 +155,12 @@ def inode_csum(seed: int, ino: int, raw: bytes | bytearray | memoryview, has_hi:
     return crc if has_hi else crc & 0xFFFF
 
 
+def inode_crc(seed: int, ino: int, generation: int, zeroed: bytes | bytearray | memoryview) -> int:
+    """The 32-bit inode checksum of ``zeroed`` (the inode with both checksum fields already zeroed)."""
+    crc = _crc32c(_U32X2.pack(ino, generation), seed ^ 0xFFFFFFFF)
+    return _crc32c(zeroed, crc) ^ 0xFFFFFFFF  # type: ignore[no-any-return]
+
+
 def extent_block_csum(iseed: int, block: bytes | bytearray | memoryview, eh_max: int) -> int:
     """Checksum of an extent tree block, stored in the tail after eh_max entries."""
     return crc32c_raw(iseed, block[: 12 + 12 * eh_max])

@@ -256,12 +256,16 @@ class _Extractor:
             if inode.has_inline_data():
                 data = self.fs.read_range(ino, inode, 0, size)
                 os.pwrite(fd, data, 0)
+                written = size
             else:
+                written = 0
                 for offset, length, phys in self.fs.data_segments(ino, inode):
                     if phys is None:
                         continue  # unwritten: reads as zeros, stays a hole
                     self._copy(fd, phys * self.bs, offset, length)
-            os.ftruncate(fd, size)
+                    written = offset + length
+            if written != size:
+                os.ftruncate(fd, size)  # a hole at the end
             self.report.bytes += size
             self._owner_and_times(dfd, name, fd, ino, inode, shown)
         finally:
@@ -351,8 +355,8 @@ class _Extractor:
         os.utime(fd, ns=(inode.atime, inode.mtime))
 
     def _xattrs(self, fd: int, ino: int, inode: Inode, shown: str) -> None:
-        if not inode.tail and not inode.file_acl:
-            return
+        if not inode.file_acl and inode.tail[:4] != _IBODY_MAGIC:
+            return  # no xattr block and no in-inode xattrs (their area starts with the magic)
         try:
             values = self.fs.xattrs_ino(ino, inode)
         except Ext4Error as exc:
@@ -365,6 +369,9 @@ class _Extractor:
                 os.setxattr(fd, name, value)
             except OSError as exc:
                 self.warn(f"{shown}: xattr {name} not set: {exc.strerror}")
+
+
+_IBODY_MAGIC = K.XATTR_MAGIC.to_bytes(4, "little")
 
 
 def extract(

@@ -6,12 +6,13 @@ import struct
 
 from . import _codecs as C
 from . import constants as K
-from .csum import inode_csum
+from .csum import inode_crc, inode_csum
 
 _BASE = C.INODE
 _EXTRA = C.INODE_EXTRA
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_CSUM_HALVES = struct.Struct("<H4xH")  # i_checksum_lo at 0x7C, i_checksum_hi at 0x82
 
 # Offsets (within the inode) of each extra field's end: a field exists when
 # 128 + i_extra_isize reaches its end.
@@ -306,6 +307,15 @@ def set_checksum(raw: bytearray, seed: int, ino: int, inode_size: int) -> None:
 
 def verify_checksum(raw: bytes | bytearray | memoryview, seed: int, ino: int, inode_size: int) -> tuple[bool, int, int]:
     """(ok, stored, computed) for a packed inode."""
+    if inode_size >= 0x84 and len(raw) >= inode_size and _U16.unpack_from(raw, 128)[0] >= _EXTRA_END["checksum_hi"]:
+        # The usual large inode, flattened (this runs once per inode read): both halves stored,
+        # both zeroed for the sum.
+        lo, hi = _CSUM_HALVES.unpack_from(raw, 0x7C)
+        stored = lo | hi << 16
+        buf = bytearray(raw[:inode_size])
+        buf[0x7C:0x7E] = buf[0x82:0x84] = b"\0\0"
+        computed = inode_crc(seed, ino, _U32.unpack_from(raw, 0x64)[0], buf)
+        return stored == computed, stored, computed
     stored = stored_checksum(raw, inode_size)
     computed = compute_checksum(raw, seed, ino, inode_size)
     return stored == computed, stored, computed
