@@ -783,6 +783,9 @@ def put_cmd(image: str, src: str, dest: str, recursive: bool, mode_text: str | N
             base = os.path.basename(os.path.normpath(src))
             target = dest.rstrip("/") + "/" + base
         if statmod.S_ISDIR(st.st_mode):
+            # populate walks plain directories: give it the path with the image's symlinks resolved.
+            head, _, tail = target.rstrip("/").rpartition("/")
+            target = fs.realpath(head or "/").rstrip("/") + "/" + tail
             _put_tree(fs, image, src, target, mode, owner, preserve)
         else:
             _put_one(fs, src, target, mode, owner, preserve)

@@ -928,7 +928,18 @@ class Filesystem:
         parts = split_path(path)
         return self._walk_parts(K.ROOT_INO, parts, follow, shown, [0])
 
-    def _walk_parts(self, start: int, parts: list[bytes], follow: bool, shown: str, budget: list[int]) -> int:
+    def realpath(self, path: str | bytes | os.PathLike[str]) -> str:
+        """The absolute path of what ``path`` names with every symlink and '..' resolved inside the
+        image (like os.path.realpath(strict=True)).  Raises FileNotFound, NotADirectory, SymlinkLoop."""
+        shown = decode_name(encode_name(os.fspath(path)))
+        names: list[bytes] = []
+        self._walk_parts(K.ROOT_INO, split_path(path), True, shown, [0], names)
+        return decode_name(b"/" + b"/".join(names))
+
+    def _walk_parts(self, start: int, parts: list[bytes], follow: bool, shown: str, budget: list[int],
+                    names: list[bytes] | None = None) -> int:
+        """Walk ``parts`` from directory ``start``; ``names`` (from the root only) collects the
+        resolved path's components."""
         current = start
         stack: list[int] = []  # ancestors, for '..' through symlinked paths
         i = 0
@@ -939,6 +950,8 @@ class Filesystem:
                 raise NotADirectory(shown)
             if name == b"..":
                 current = stack.pop() if stack else self._parent_of(current, inode)
+                if names:
+                    names.pop()
                 i += 1
                 continue
             if len(name) > K.NAME_LEN:
@@ -960,12 +973,16 @@ class Filesystem:
                 base = K.ROOT_INO if target.startswith(b"/") else current
                 if target.startswith(b"/"):
                     stack = []
+                    if names is not None:
+                        names.clear()
                 parts = target_parts + parts[i + 1 :]
                 current = base
                 i = 0
                 continue
             stack.append(current)
             current = child
+            if names is not None:
+                names.append(name)
             i += 1
         return current
 

@@ -161,6 +161,20 @@ def test_put_recursive_over_existing_directories(img: Path, tree: Path) -> None:
         assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1777, 1, 2)
 
 
+def test_put_recursive_through_image_symlinks(img: Path, tree: Path) -> None:
+    """DEST may go through symlinks in the image (followed inside it, as for a single file)."""
+    ok("mkdir", img, "/real/deep", "-p")
+    ok("ln", "-s", img, "/real", "/link")
+    ok("ln", "-s", img, "../real/deep", "/real/rel")
+    ok("put", "-r", img, tree, "/link")  # an existing directory through a symlink: /real/src
+    ok("put", "-r", img, tree, "/link/rel/copy")  # a new name under a relative symlink: /real/deep/copy
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        assert fs.lstat("/link").is_symlink() and fs.lstat("/real/rel").is_symlink()
+        assert fs.read_bytes("/real/src/a.txt") == b"alpha\n"
+        assert fs.read_bytes("/real/deep/copy/sub/deeper/x") == b"x" * 5000
+
+
 def test_put_recursive_refusals_change_nothing(img: Path, tree: Path, tmp_path: Path) -> None:
     ok("put", img, tree / "a.txt", "/file")
     before = sha256_file(img)

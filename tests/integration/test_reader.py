@@ -738,6 +738,15 @@ def test_symlink_resolution_and_eloop(tmp_path: Path) -> None:
             fs.resolve("/dir/sub/file/x")
         assert fs.readlink("/loop-a") == "loop-b"
         assert fs.stat("/dirlink").is_dir() and fs.lstat("/dirlink").is_symlink()
+        # realpath: the same walk, naming where it ends.
+        for p, want in (("/chain/c1", "/dir/sub/file"), ("/abs-dotdot", "/dir/sub/file"),
+                        ("/rel-dotdot", "/dir/sub/file"), ("dirlink/sub/../sub", "/dir/sub"), ("/dirlink", "/dir"),
+                        ("/", "/"), ("/dir/..", "/"), ("/../dir/./sub", "/dir/sub"), ("/chain", "/chain")):
+            assert fs.realpath(p) == want, p
+        with pytest.raises(SymlinkLoop):
+            fs.realpath("/chain/c0")
+        with pytest.raises(FileNotFound):
+            fs.realpath("/escape")
 
 
 # ------------------------------------------------------------ verify policy, journal, features
