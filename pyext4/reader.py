@@ -225,8 +225,9 @@ class _LRU(OrderedDict):  # type: ignore[type-arg]
         return value
 
     def put(self, key: Any, value: Any) -> None:
+        if key in self:
+            self.move_to_end(key)  # a new key goes to the end by itself
         self[key] = value
-        self.move_to_end(key)
         if len(self) > self.size:
             self.popitem(last=False)
 
