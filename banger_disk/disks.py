@@ -130,7 +130,7 @@ def ensure_work_disk(vm: VM, image: Image, *, on_stage: StageCallback | None = N
     try:
         if seed is not None:
             report(on_stage, "prepare_work_disk", "applying work seed")
-            pyext4.mkfs(tmp, size, root_owner=(0, 0))
+            pyext4.mkfs(tmp, size, root_owner=(0, 0), writeback=True)  # the close's fsync overlaps it
             with pyext4.Filesystem.open(tmp, writable=True) as fs:
                 pyext4.populate(fs, seed, owner=(0, 0))
                 # populate gives the root the seed root's mode; sshd wants / (= /root) 0755 root:root.

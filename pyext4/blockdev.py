@@ -148,6 +148,15 @@ class FileDevice:
     def sync(self) -> None:
         os.fsync(self.fd)
 
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Start writing ``length`` bytes from ``offset`` back to the disk without waiting (a later
+        fsync then finds them written or on their way).  A no-op where the OS cannot do it."""
+        if self.is_regular and length > 0 and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # only a hint
+
     def close(self) -> None:
         if self._owns and self.fd >= 0:
             os.close(self.fd)

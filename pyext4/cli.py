@@ -373,7 +373,7 @@ def _mkfs_populate(image: str, size: str | None, auto: bool, source: str, kwargs
                 fail(f"{size} is too small for {source}: it needs up to {needs.blocks} blocks and "
                      f"{needs.inodes} inodes, the filesystem would have {free_blocks} free blocks and "
                      f"{free_inodes} free inodes (use a larger SIZE or 'auto')")
-        plan = mkfs(image, size_bytes, **kwargs)
+        plan = mkfs(image, size_bytes, writeback=True, **kwargs)  # populate and the close's fsync overlap it
         progress = _PopulateProgress(sum(n.size for n in nodes if n.kind == "file"), quiet=quiet)
         gc_was = gc.isenabled()
         gc.disable()  # hundreds of thousands of long-lived objects: the cyclic collector only costs time

@@ -1391,13 +1391,18 @@ def mkfs(
     reserved_ratio: float = 5.0,
     flex_bg_size: int = 16,
     sync: bool = False,
+    writeback: bool = False,
 ) -> Plan:
     """Create an empty ext4 filesystem on ``target`` (a path or a Device).
 
     ``size`` in bytes (or ``"8G"``); ``None`` keeps an existing file's size.
     ``uuid``, ``hash_seed`` and ``now`` default to random values and the
     current time; pass them for a reproducible image.  Raises InvalidOptions
-    for impossible requests before anything is written.
+    for impossible requests before anything is written.  ``sync`` fsyncs the
+    image; ``writeback`` only starts writing the bulk of the metadata (the
+    superblock, descriptors and reserved GDT blocks of group 0, megabytes on a
+    large image) back to the disk, for a caller that goes on to change the image
+    and fsyncs at the end: that fsync then mostly finds it done.
     """
     feats = resolve_features(features)
     if not journal:
@@ -1457,6 +1462,10 @@ def mkfs(
             write_plan(plan, file_dev)
             if sync:
                 file_dev.sync()
+            elif writeback:
+                geo = plan.geo
+                head = geo.first_data_block + 1 + geo.desc_blocks + geo.reserved_gdt_blocks
+                file_dev.start_writeback(0, head * geo.block_size)
         finally:
             file_dev.close()
     else:

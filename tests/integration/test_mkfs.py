@@ -125,6 +125,15 @@ def test_reproducible(tmp: Path) -> None:
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("flag", ["sync", "writeback"])
+def test_sync_and_writeback_change_no_byte(tmp: Path, flag: str) -> None:
+    """sync fsyncs and writeback only starts the write-out (posix_fadvise): the image is the same."""
+    mkfs(tmp / "plain.img", "1G", uuid=UUID, hash_seed=HASH_SEED, now=NOW)
+    mkfs(tmp / "flag.img", "1G", uuid=UUID, hash_seed=HASH_SEED, now=NOW, **{flag: True})
+    assert (tmp / "flag.img").read_bytes() == (tmp / "plain.img").read_bytes()
+    assert_fsck_clean(tmp / "flag.img")
+
+
 def test_cli_reproducible_with_source_date_epoch(tmp: Path) -> None:
     digests = []
     for name in ("a.img", "b.img"):
