@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import InvalidGuestConfig
+
+if TYPE_CHECKING:
+    import ipaddress  # imported where used: `banger-disk work-disk` never needs it
 
 FSTAB_PATH = "/etc/fstab"
 RESOLV_CONF_PATH = "/etc/resolv.conf"
@@ -32,6 +35,8 @@ _FSTAB_FIELD = re.compile(r"[^\s#]+\Z")
 # ================================================================ values
 def validate_ipv4(value: str, what: str) -> ipaddress.IPv4Address:
     """``value`` as an IPv4 address; raises InvalidGuestConfig naming ``what`` otherwise."""
+    import ipaddress
+
     try:
         return ipaddress.IPv4Address(str(value).strip())
     except ValueError:
@@ -40,6 +45,8 @@ def validate_ipv4(value: str, what: str) -> ipaddress.IPv4Address:
 
 def validate_ip(value: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """``value`` as an IPv4 or IPv6 address; raises InvalidGuestConfig naming ``what`` otherwise."""
+    import ipaddress
+
     try:
         return ipaddress.ip_address(str(value).strip())
     except ValueError:
@@ -98,6 +105,8 @@ class GuestNetwork:
         dns_ip = validate_ip(dns, "DNS server")
         if dns_ip.is_unspecified:
             raise InvalidGuestConfig(f"DNS server: {dns_ip} is not a usable address")
+        import ipaddress
+
         network = ipaddress.IPv4Network(f"{gw}/{prefix}", strict=False)
         for addr, what in ((guest, "guest IP"), (gw, "bridge IP")):
             if addr.is_unspecified or addr.is_loopback or addr.is_multicast:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import io
-import logging
 import os
 import stat as _stat
 import struct
@@ -44,8 +43,6 @@ from .inode import verify_checksum as inode_checksum_ok
 from .journal import JournalSuperblock
 from .journal import parse_superblock as parse_journal_superblock
 from .superblock import Superblock
-
-log = logging.getLogger("pyext4")
 
 MAX_SYMLINKS = 40
 READ_BYTES_LIMIT = 1 << 30  # read_bytes() refuses larger files by default (FileTooLarge)
@@ -299,7 +296,9 @@ class Filesystem:
         needed = self.geo.blocks_count * self.block_size
         if dev.size < needed and dev.size < (self.geo.blocks_count - 1) * self.block_size + 1:
             # A short image is readable up to where it ends; reads past it raise TruncatedError.
-            log.debug("image is %d bytes, filesystem claims %d", dev.size, needed)
+            import logging  # here only: importing it costs every CLI start ~2 ms
+
+            logging.getLogger("pyext4").debug("image is %d bytes, filesystem claims %d", dev.size, needed)
         self.seed = sb.csum_seed if sb.metadata_csum else 0
         self.metadata_csum = sb.metadata_csum
         self.filetype = sb.has_incompat("filetype")
