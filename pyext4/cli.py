@@ -160,7 +160,7 @@ def _existing_fs(path: str) -> str | None:
 @main.command("mkfs")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.argument("size", required=False)
-@click.option("-b", "block_size", type=int, help="Block size in bytes (1024, 2048, 4096). Default 4096.")
+@click.option("-b", "block_size", type=int, help="Block size in bytes (1024 to 65536; above the page size most kernels cannot mount it). Default 4096.")
 @click.option("-I", "inode_size", type=int, help="Inode size in bytes. Default 256.")
 @click.option("-i", "inode_ratio", type=int, help="Bytes per inode. Default 16384.")
 @click.option("-N", "inodes", type=int, help="Number of inodes (overrides -i).")
@@ -200,6 +200,10 @@ def mkfs_cmd(
 
     ub, ur, ui = _USAGE_TYPES.get(usage_type or "default", (None, None, None))
     bs = block_size or ub or 4096
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    if bs > page:  # as mke2fs warns (and goes on)
+        click.echo(f"{PROG}: warning: {bs}-byte blocks are larger than the page size ({page}): "
+                   "most kernels cannot mount the image", err=True)
     ext = _parse_extended(extended)
     if uuid is not None and uuid.lower() in ("random", "time"):
         uuid = None
@@ -221,7 +225,7 @@ def mkfs_cmd(
         block_size=bs,
         inode_size=inode_size or ui or 256,
         inode_ratio=inode_ratio or ur or 16384,
-        inodes=inodes,
+        inodes=inodes or None,  # -N 0 means the default, as for mke2fs
         features=feature_list or None,
         label=label,
         uuid=uuid,

@@ -403,6 +403,10 @@ def _journal_default_blocks(blocks: int) -> int:
     return 262144
 
 
+MAX_BLOCKS_PER_GROUP = (1 << 16) - 8  # e2fsprogs' EXT2_MAX_BLOCKS_PER_GROUP (no bigalloc)
+MAX_INODES_PER_GROUP = 1 << 16  # less one block of inodes: EXT2_MAX_INODES_PER_GROUP
+
+
 def compute_geometry(opts: MkfsOptions, features: set[str]) -> tuple[Geometry, dict[str, Any]]:
     """Port of mke2fs's PRS sizing and ext2fs_initialize: groups, inodes, reserved GDT, meta_bg."""
     bs = opts.block_size
@@ -417,7 +421,7 @@ def compute_geometry(opts: MkfsOptions, features: set[str]) -> tuple[Geometry, d
     if blocks > (1 << (bs.bit_length() - 1 + 3 + 32)) - 1:
         raise InvalidOptions("filesystem too large for this block size")
     first_data_block = 1 if bs == 1024 else 0
-    bpg = bs * 8
+    bpg = min(bs * 8, MAX_BLOCKS_PER_GROUP)  # 8 KiB blocks and up: the group size is capped (bitmap bits)
     desc_size = 64 if "64bit" in features else 32
     inode_size = opts.inode_size
     first_ino = K.GOOD_OLD_FIRST_INO
@@ -463,6 +467,8 @@ def compute_geometry(opts: MkfsOptions, features: set[str]) -> tuple[Geometry, d
             raise InvalidOptions("too many inodes for this filesystem size")
         if ipg > bs * 8:
             ipg = bs * 8
+        if ipg > MAX_INODES_PER_GROUP - bs // inode_size:
+            ipg = MAX_INODES_PER_GROUP - bs // inode_size
         while True:  # ipg_retry
             itb = -(-(ipg * inode_size) // bs)
             real_ipg = (itb * bs) // inode_size
@@ -1455,11 +1461,22 @@ def mkfs(
     fs_bytes = plan.geo.blocks_count * plan.geo.block_size
     if dev is None:
         assert path is not None
+        created = not os.path.lexists(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         file_dev = FileDevice(fd, writable=True, path=path)
         try:
-            _prepare(file_dev, size_bytes, fs_bytes)
-            write_plan(plan, file_dev)
+            try:
+                _prepare(file_dev, size_bytes, fs_bytes)
+                write_plan(plan, file_dev)
+            except BaseException as exc:
+                if created:  # e.g. larger than the host filesystem allows: leave nothing behind
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                if isinstance(exc, OSError) and exc.filename is None:  # ftruncate/pwrite name no file
+                    raise OSError(exc.errno, exc.strerror, path) from exc
+                raise
             if sync:
                 file_dev.sync()
             elif writeback:

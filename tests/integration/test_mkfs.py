@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pyext4 import InvalidOptions, mkfs
+from pyext4 import Filesystem, InvalidOptions, mkfs
 from pyext4.cli import main
 from tests.conftest import HASH_SEED, NOW, UUID, assert_fsck_clean, loop_mounted, mke2fs, run, tool
 
@@ -58,6 +58,9 @@ MATRIX = [
     ("1G", 1024, "^flex_bg"),
     ("100G", 4096, "^metadata_csum,uninit_bg,^64bit"),
     ("3G", 4096, "meta_bg,^resize_inode"),
+    # Larger than the page size (mke2fs warns; most kernels cannot mount them): groups capped at
+    # 65528 blocks, a short last group dropped, as mke2fs does.
+    ("1G", 8192, None), ("64M", 16384, None), ("20G", 65536, None),
 ]
 
 
@@ -89,7 +92,7 @@ def test_metadata_is_byte_identical_to_mke2fs_except_write_counter(tmp: Path) ->
 
 
 @pytest.mark.parametrize("owner", [(0, 0), (1000, 1000)])
-@pytest.mark.parametrize("block_size", [1024, 4096])
+@pytest.mark.parametrize("block_size", [1024, 2048, 4096])
 def test_kernel_mounts_writes_and_stays_clean(tmp: Path, owner: tuple[int, int], block_size: int) -> None:
     img = tmp / "k.img"
     mkfs(img, "64M", block_size=block_size, root_owner=owner, uuid=UUID, hash_seed=HASH_SEED, now=NOW)
@@ -115,6 +118,19 @@ def test_kernel_mounts_feature_variants(tmp: Path, features: str | None) -> None
         (mnt / "a").write_bytes(b"hello")
         os.mkdir(mnt / "d")
     assert_fsck_clean(img)
+
+
+@pytest.mark.parametrize("size", ["100G", "2T"])
+def test_kernel_mounts_large_sparse_images(tmp: Path, size: str) -> None:
+    img = tmp / "big.img"
+    mkfs(img, size, uuid=UUID, hash_seed=HASH_SEED, now=NOW)
+    with loop_mounted(img) as mnt:
+        vfs = os.statvfs(mnt)
+        assert vfs.f_blocks * vfs.f_frsize > 0.95 * os.path.getsize(img)
+        (mnt / "d").mkdir()
+        (mnt / "d" / "f").write_bytes(b"y" * (5 << 20))
+    assert_fsck_clean(img)
+    assert os.stat(img).st_blocks * 512 < os.path.getsize(img) // 100  # still sparse
 
 
 def test_reproducible(tmp: Path) -> None:
@@ -205,6 +221,40 @@ def test_cli_bad_options_one_line(tmp: Path, args: list[str]) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pyext4: error: "), proc.stderr
     assert not (tmp / "bad.img").exists()
+
+
+def test_cli_host_failure_names_the_image_and_leaves_nothing(tmp: Path) -> None:
+    """The host refuses the size (here a 1 MiB file-size limit, EFBIG as for > 16 TiB on ext4)."""
+    img = tmp / "new.img"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "from pyext4.cli import run\n"
+        "sys.argv = ['pyext4', 'mkfs', '-q', sys.argv[1], '64M']\n"
+        "sys.exit(run())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(img)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyext4: error: ") and str(img) in lines[0], proc.stderr
+    assert not img.exists()
+
+
+def test_cli_inode_count_0_means_the_default(tmp: Path) -> None:
+    for name, extra in (("a.img", ["-N", "0"]), ("b.img", [])):
+        result = CliRunner().invoke(main, ["mkfs", "-q", *extra, str(tmp / name), "64M"])
+        assert result.exit_code == 0, result.output
+    with Filesystem.open(tmp / "a.img") as a, Filesystem.open(tmp / "b.img") as b:
+        assert a.sb["s_inodes_count"] == b.sb["s_inodes_count"] > 1000
+
+
+def test_cli_warns_about_blocks_larger_than_a_page(tmp: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pyext4.cli", "mkfs", "-q", "-b", "65536", str(tmp / "x.img"), "1G"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("pyext4: warning: 65536-byte blocks are larger than the page size")
+    assert_fsck_clean(tmp / "x.img")
 
 
 def test_cli_usage_error_exits_2(tmp: Path) -> None:
