@@ -235,8 +235,11 @@ class Inode:
         return self.size if large_dir else self.size & 0xFFFFFFFF
 
     def blocks_in_512(self, huge_file: bool, block_size: int) -> int:
-        """i_blocks in 512-byte units, as stat() reports it."""
-        if huge_file and self.flags & K.HUGE_FILE_FL:
+        """i_blocks in 512-byte units, as stat() reports it (as the kernel: without huge_file only
+        the low 32 bits count; with it, HUGE_FILE_FL means units of filesystem blocks)."""
+        if not huge_file:
+            return self.blocks & 0xFFFFFFFF
+        if self.flags & K.HUGE_FILE_FL:
             return self.blocks * (block_size // 512)
         return self.blocks
 
