@@ -732,8 +732,9 @@ def _put_one(fs: Any, src: str, dest: str, mode: int | None, owner: tuple[int, i
 def _put_tree(fs: Any, image: str, src: str, target: str, mode: int | None, owner: tuple[int, int] | None,
               preserve: bool) -> None:
     """put -r: the host tree under ``target`` in one bulk populate (all or nothing), with put's rules:
-    owners 0:0, the current time, no xattrs and hard links copied apart unless -p; --mode on all but
-    symlinks; an existing directory keeps its metadata unless -p, --mode or --owner say otherwise."""
+    owners 0:0, the current time, no xattrs and hard links copied apart unless -p; --mode on everything
+    but directories (a 0600 directory could not be entered) and symlinks; an existing directory keeps
+    its metadata unless -p or --owner say otherwise."""
     from .errors import FileExists
     from .populate import populate, scan_directory
 
@@ -744,14 +745,14 @@ def _put_tree(fs: Any, image: str, src: str, target: str, mode: int | None, owne
     image_st = os.stat(image)
     nodes = scan_directory(os.path.realpath(src), exclude={(image_st.st_dev, image_st.st_ino)})
     now = fs._now()
-    keep_dirs = not (preserve or mode is not None or owner is not None)
+    keep_dirs = not (preserve or owner is not None)
     kept = []
     for node in nodes:
         if node.kind == "dir" and existing is not None and keep_dirs:
             image_path = target.rstrip("/") + os.fsdecode(node.path) if node.path != b"/" else target
             if fs.exists(image_path):
                 continue  # an existing directory: left as it is
-        if mode is not None and node.kind != "symlink":
+        if mode is not None and node.kind not in ("dir", "symlink"):
             node.mode = mode
         if not preserve:
             node.atime_ns = node.mtime_ns = now
@@ -767,7 +768,7 @@ def _put_tree(fs: Any, image: str, src: str, target: str, mode: int | None, owne
 @click.argument("src", type=click.Path(exists=True))
 @click.argument("dest")
 @click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")
-@click.option("--mode", "mode_text", help="Permissions for the copied files (octal).")
+@click.option("--mode", "mode_text", help="Permissions for the copied files (octal; with -r directories keep theirs).")
 @click.option("--owner", "owner_text", help="UID:GID for the copied files (default 0:0).")
 @click.option("-p", "--preserve", is_flag=True, help="Keep the host's owners, modes, times and xattrs.")
 @_force_option

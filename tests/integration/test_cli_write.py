@@ -138,7 +138,7 @@ def test_put_recursive_preserve(img: Path, tree: Path) -> None:
 
 
 def test_put_recursive_over_existing_directories(img: Path, tree: Path) -> None:
-    """Without -p/--mode/--owner an existing directory keeps its metadata (as mkdir -p would); with
+    """Without -p/--owner an existing directory keeps its metadata (as mkdir -p would); with
     --owner it takes the new owner and the host's mode."""
     ok("mkdir", img, "/dst/src/sub", "-p", "--mode", "0711", "--owner", "5:6")
     ok("put", img, tree / "a.txt", "/dst/src/sub/deeper")  # a file where the tree has a directory
@@ -159,6 +159,24 @@ def test_put_recursive_over_existing_directories(img: Path, tree: Path) -> None:
         assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o755, 1, 2)
         st = fs.stat("/dst/src/empty-dir")
         assert (statmod.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o1777, 1, 2)
+
+
+def test_put_recursive_mode_is_for_files_not_directories(img: Path, tree: Path) -> None:
+    """--mode 0600 on a tree: every file and fifo gets it; directories keep the host's mode (a 0600
+    directory could not be entered), symlinks stay 0777."""
+    ok("put", "-r", "--mode", "0600", img, tree, "/m")
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        for dirpath, dirnames, filenames in fs.walk("/m"):
+            for name in dirnames:
+                path = f"{dirpath}/{name}"
+                host = tree / os.path.relpath(path, "/m")
+                assert statmod.S_IMODE(fs.stat(path).st_mode) == statmod.S_IMODE(os.lstat(host).st_mode), path
+            for name in filenames:
+                path = f"{dirpath}/{name}"
+                st = fs.lstat(path)
+                assert statmod.S_IMODE(st.st_mode) == (0o777 if st.is_symlink() else 0o600), path
+        assert statmod.S_IMODE(fs.stat("/m/empty-dir").st_mode) == 0o1777
 
 
 def test_put_recursive_through_image_symlinks(img: Path, tree: Path) -> None:
