@@ -67,6 +67,8 @@ def _new_temp_beside(path: str) -> str:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         except FileExistsError:
             continue
+        except OSError as exc:  # name what the caller asked for, not the hidden temporary name
+            raise OSError(exc.errno, f"cannot create {path}: {exc.strerror}", directory) from None
         os.close(fd)
         return tmp
     raise FileExistsError(f"{directory}: cannot find a free temporary name")  # pragma: no cover

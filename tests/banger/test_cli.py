@@ -180,3 +180,12 @@ def test_every_command_has_help(command: str) -> None:
     code, stdout, _ = invoke(command, "--help")
     assert code == 0
     assert "Usage:" in stdout and command in stdout
+
+
+def test_work_disk_error_names_the_output_not_a_temporary(tmp_path: Path) -> None:
+    out = tmp_path / "missing-dir" / "work.ext4"
+    code, _, err = invoke("work-disk", str(out), "--size", "64M")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("banger-disk: error: "), err
+    assert str(out) in lines[0] and ".tmp" not in lines[0]
