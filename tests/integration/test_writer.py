@@ -862,3 +862,31 @@ def test_meta_bg_descriptors(tmp_path: Path) -> None:
         groups = {fs.geo.group_of_ino(fs.resolve(f"/top{d}")) for d in range(40)}
         assert max(groups) >= fs.geo.desc_per_block  # a second meta group was changed
     assert_clean(img)
+
+
+@pytest.mark.parametrize("flavour", ["default", "ext3"])
+def test_deleted_inode_is_left_as_the_kernel_leaves_it(tmp_path: Path, flavour: str) -> None:
+    """After unlink: no links, i_dtime = now, size and i_blocks 0, no xattr block, an empty mapping
+    (an extent header with no entries, or zeroed block pointers), and its blocks free again."""
+    img = make_image(tmp_path / "d.img", flavour)
+    when = NOW + 12345
+    with open_rw(img) as fs:
+        fs.write_file("/f", os.urandom(300_000))
+        fs.setxattr("/f", "user.big", b"v" * 700)  # too big for the inode: an xattr block
+        ino = fs.resolve("/f")
+        assert fs.inode(ino).file_acl
+        free_before = fs.sb.free_blocks_count
+    with open_rw(img, now=when) as fs:
+        fs.unlink("/f")
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        inode = fs.inode(ino)
+        assert inode.links_count == 0 and inode.dtime == when
+        assert inode.size == 0 and inode.blocks == 0 and inode.file_acl == 0
+        if flavour == "default":
+            assert inode.has_extents()
+            assert inode.block[:8] == bytes.fromhex("0af3 0000 0400 0000")  # magic, 0 entries, max 4, depth 0
+            assert inode.block[12:] == bytes(48)
+        else:
+            assert inode.block == bytes(60)
+        assert fs.sb.free_blocks_count > free_before + 300_000 // fs.block_size
