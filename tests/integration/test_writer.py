@@ -38,7 +38,7 @@ from pyext4 import (
 from pyext4.blockdev import FileDevice
 from pyext4.reader import Filesystem
 from pyext4.writer import WritableFilesystem
-from tests.conftest import HASH_SEED, NOW, UUID, e2fsck, mke2fs, run, tool
+from tests.conftest import HASH_SEED, NOW, UUID, e2fsck, loop_mounted, mke2fs, run, tool
 
 NS = 1_000_000_000
 
@@ -890,3 +890,29 @@ def test_deleted_inode_is_left_as_the_kernel_leaves_it(tmp_path: Path, flavour: 
         else:
             assert inode.block == bytes(60)
         assert fs.sb.free_blocks_count > free_before + 300_000 // fs.block_size
+
+
+@pytest.mark.slow
+def test_dir_nlink_past_65000_subdirectories(tmp_path: Path) -> None:
+    """dir_nlink: past 65,000 subdirectories the parent's link count is 1 ("many"), as the kernel sets
+    it, and stays 1 when some go again; e2fsck and the kernel agree."""
+    img = tmp_path / "n.img"
+    mkfs(img, "400M", inodes=70_000, uuid=UUID, hash_seed=HASH_SEED, now=NOW)
+    with open_rw(img) as fs:
+        fs.mkdir("/p")
+        for i in range(64_990):
+            fs.mkdir(f"/p/d{i}")
+        assert fs.inode(fs.resolve("/p")).links_count == 64_992  # 2 + one per subdirectory
+        for i in range(64_990, 65_010):
+            fs.mkdir(f"/p/d{i}")
+        assert fs.inode(fs.resolve("/p")).links_count == 1
+    with open_rw(img) as fs:
+        for i in range(20):
+            fs.rmdir(f"/p/d{i}")
+        assert fs.inode(fs.resolve("/p")).links_count == 1
+    assert_clean(img)
+    with loop_mounted(img) as mnt:
+        assert os.stat(mnt / "p").st_nlink == 1
+        assert len(os.listdir(mnt / "p")) == 64_990
+        os.mkdir(mnt / "p" / "by-kernel")
+    assert_clean(img)

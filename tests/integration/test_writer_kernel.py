@@ -579,6 +579,37 @@ def test_pyext4_grows_a_two_level_htree(tmp_path: Path) -> None:
     assert_clean(img)
 
 
+@pytest.mark.slow
+def test_pyext4_grows_a_three_level_htree_with_large_dir(tmp_path: Path) -> None:
+    """large_dir: past two index levels the root grows a third (1 KiB blocks, 255-byte names: about
+    three entries a leaf); e2fsck and the kernel find every name."""
+    img = tmp_path / "large.img"
+    mkfs(img, "256M", block_size=1024, features="large_dir", inodes=70_000, uuid=UUID, hash_seed=HASH_SEED,
+         now=NOW)
+    names: list[str] = []
+    levels = 0
+    with open_rw(img) as fs:
+        fs.mkdir("/d")
+        ino = fs.resolve("/d")
+        while levels < 2 and len(names) < 65_000:
+            for _ in range(2000):
+                name = f"{len(names):06d}-" + "W" * 248
+                fs.write_file(f"/d/{name}", b"")
+                names.append(name)
+            levels = fs.read_block(fs.extents_of(ino)[0].physical)[0x1E]
+    assert levels == 2, len(names)
+    assert_clean(img)
+    with Filesystem.open(img) as fs:
+        assert sorted(fs.listdir("/d")) == names
+        for name in names[::97]:
+            fs.stat(f"/d/{name}")  # looked up through the three levels
+    with loop_mounted(img) as mnt:
+        for name in names[::97]:
+            os.stat(mnt / "d" / name)
+        (mnt / "d" / "kernel-added").write_bytes(b"k")
+    assert_clean(img)
+
+
 def test_big_sparse_file_and_uninit_groups(tmp_path: Path) -> None:
     """A file past 4 GiB, and allocations in groups that were never initialised (BLOCK/INODE_UNINIT)."""
     img = tmp_path / "big.img"
