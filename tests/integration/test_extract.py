@@ -29,6 +29,7 @@ from tests.integration.test_reader import (
     compare,
     host_view,
     kernel_mount,
+    make_big_dir,
     make_tree,
 )
 
@@ -181,10 +182,12 @@ def test_round_trip_kernel_exact(tmp_path: Path) -> None:
     mkfs(image, "256M", uuid=UUID, hash_seed=HASH_SEED, now=NOW)
     with kernel_mount(image) as mnt:
         make_tree(mnt / "tree", block_size=4096, huge=True, acl=True)
+        make_big_dir(mnt / "tree" / "many", 20_000)  # 20,000 names (hard links), an htree made by the kernel
         kernel = host_view(mnt / "tree")
         huge_blocks = os.stat(mnt / "tree" / "files" / "huge").st_blocks
     dest = tmp_path / "dest"
     with Filesystem.open(image) as fs:
+        assert fs.inode(fs.resolve("/tree/many/big")).flags & 0x1000  # INDEX_FL
         report = extract(fs, dest, path="/tree")
     assert not report.errors, report.errors
     assert not report.warnings, report.warnings
