@@ -308,6 +308,40 @@ def test_journal_size_option(tmp: Path) -> None:
     assert_fsck_clean(img)
 
 
+@pytest.mark.parametrize(("features", "csum_v3", "bits64"), [
+    (None, True, True),
+    ("^metadata_csum,uninit_bg", False, True),
+    ("^64bit", True, False),
+])
+def test_journal_superblock(tmp: Path, features: str | None, csum_v3: bool, bits64: bool) -> None:
+    """Inode 8 holds a jbd2 v2 superblock: empty, one user, the filesystem's UUID, checksum v3 (crc32c,
+    a valid superblock checksum) under metadata_csum and 64-bit block tags with 64bit."""
+    import uuid as uuidlib
+
+    from pyext4.journal import checksum_ok, parse_superblock
+
+    img = tmp / "j.img"
+    mkfs(img, "1G", features=features, uuid=UUID, hash_seed=HASH_SEED, now=NOW)
+    with Filesystem.open(img) as fs:
+        ino = fs.sb["s_journal_inum"]
+        assert ino == 8
+        extents = fs.extents_of(ino)
+        raw = fs.read_block(extents[0].physical)
+        jsb = parse_superblock(raw)
+        blocks = sum(e.length for e in extents)
+        assert (jsb.blocktype, jsb.block_size, jsb.maxlen, jsb.first) == (4, fs.block_size, blocks, 1)
+        assert (jsb.start, jsb.sequence >= 1, jsb.nr_users, jsb.errno) == (0, True, 1, 0)
+        assert jsb.uuid == bytes(fs.sb["s_uuid"]) == uuidlib.UUID(UUID).bytes
+        assert ("journal_checksum_v3" in jsb.features) == csum_v3
+        assert ("journal_64bit" in jsb.features) == bits64
+        assert (jsb.checksum_type == 4) == csum_v3  # JBD2_CRC32C_CHKSUM
+        if csum_v3:
+            assert checksum_ok(raw)
+            bad = bytearray(raw)
+            bad[0x30] ^= 1
+            assert not checksum_ok(bad)
+
+
 def test_memory_device(tmp: Path) -> None:
     from pyext4.blockdev import MemoryDevice
 
