@@ -26,12 +26,31 @@ def _describe(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _usage_error(exc: click.UsageError) -> int:
+    """One line for a usage error (click prints a usage block): the problem and where help is; status 2."""
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"{PROG}: error: {' '.join((exc.format_message() + hint).split())}", err=True)
+    return 2
+
+
 class _Group(click.Group):
-    """A group that turns any error of a command into one line on stderr and exit status 1."""
+    """A group that turns any error of a command into one line on stderr and exit status 1 (usage: 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `banger-disk`: the help
+        except click.UsageError as exc:
+            raise click.exceptions.Exit(_usage_error(exc)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise click.exceptions.Exit(_usage_error(exc)) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:

@@ -31,13 +31,31 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _usage_error(exc: click.UsageError) -> int:
+    """One line for a usage error (click prints a usage block): the problem and where help is; status 2."""
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return _print_error(exc.format_message() + hint) + 1
+
+
 class Pyext4Group(click.Group):
     """A click group whose commands fail with one line and status 1 (2 for usage errors)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `pyext4`: the help
+        except click.UsageError as exc:
+            raise click.exceptions.Exit(_usage_error(exc)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug")) or os.environ.get("PYEXT4_DEBUG") == "1"
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a command without its arguments: its help
+        except click.UsageError as exc:
+            raise click.exceptions.Exit(_usage_error(exc)) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except (Ext4Error, OSError, ValueError) as exc:

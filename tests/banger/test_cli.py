@@ -33,7 +33,7 @@ class TestUsageErrors:
     @pytest.mark.parametrize(
         "args",
         [
-            [],  # no command: click prints usage, exit 2
+            [],  # no command: click prints the help, exit 2; every other usage error is one line
             ["frobnicate"],
             ["work-disk"],
             ["work-disk", "out.ext4"],  # --size is required
@@ -51,7 +51,11 @@ class TestUsageErrors:
     def test_exit_2(self, args: list[str], tmp_path: Path) -> None:
         code, _, err = invoke(*[a.replace("out.", str(tmp_path / "out.")) for a in args])
         assert code == 2, err
-        assert "Usage:" in err or "Error:" in err
+        if not args:  # no command at all: the help
+            assert "Usage:" in err
+        else:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("banger-disk: error: ") and "--help" in lines[0], err
         assert list(tmp_path.iterdir()) == []
 
     @pytest.mark.parametrize(

@@ -257,9 +257,14 @@ def test_cli_warns_about_blocks_larger_than_a_page(tmp: Path) -> None:
     assert_fsck_clean(tmp / "x.img")
 
 
-def test_cli_usage_error_exits_2(tmp: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pyext4.cli", "mkfs", "--bogus"], capture_output=True, text=True)
+@pytest.mark.parametrize("args", [["mkfs", "--bogus"], ["--bogus"], ["bogus-command"], ["cat"],
+                                  ["mkfs", "-b", "big", "x.img"], ["ls", "/nonexistent.img"]])
+def test_cli_usage_error_exits_2_with_one_line(tmp: Path, args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pyext4.cli", *args], capture_output=True, text=True, cwd=tmp)
     assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyext4: error: ") and "--help" in lines[0], proc.stderr
+    assert proc.stdout == "" and list(tmp.iterdir()) == []
 
 
 def test_cli_refuses_to_overwrite_without_force(tmp: Path) -> None:
