@@ -45,6 +45,7 @@ from .journal import parse_superblock as parse_journal_superblock
 from .superblock import Superblock
 
 MAX_SYMLINKS = 40
+_DIR_READ_BYTES = 1 << 20  # directory blocks are read in pieces of at most this
 READ_BYTES_LIMIT = 1 << 30  # read_bytes() refuses larger files by default (FileTooLarge)
 _EXT_HEADER = struct.Struct("<HHHHI")
 _EXTENT = struct.Struct("<IHHI")
@@ -766,9 +767,14 @@ class Filesystem:
             count = min(ext.length, nblocks - ext.logical)
             if ext.unwritten:
                 continue
-            raw = self.read_blocks(ext.physical, count)
-            for k in range(count):
-                yield ext.logical + k, raw[k * bs : (k + 1) * bs]
+            # In pieces of at most 1 MiB: an extent's length is an on-disk number (with 64 KiB blocks
+            # one extent of a crafted directory is 2 GiB), and a corrupt block usually ends the walk early.
+            step = max(1, _DIR_READ_BYTES // bs)
+            for first in range(0, count, step):
+                n = min(step, count - first)
+                raw = self.read_blocks(ext.physical + first, n)
+                for k in range(n):
+                    yield ext.logical + first + k, raw[k * bs : (k + 1) * bs]
 
     def dir_entries(self, ino: int, inode: Inode | None = None) -> list[tuple[bytes, int, int]]:
         """(name, ino, file_type) for every live entry of directory ``ino`` except '.' and '..'."""

@@ -1017,6 +1017,34 @@ def test_absurd_sizes_do_not_allocate(tmp_path: Path) -> None:
             assert f.read() == bytes(5)
 
 
+def test_huge_directory_extent_is_read_in_pieces(tmp_path: Path) -> None:
+    """64 KiB blocks: one extent of 32,768 blocks makes a 2 GiB root directory; reading it must not
+    allocate by that number (the first bad block ends it)."""
+    import tracemalloc
+
+    from pyext4 import CorruptError
+
+    image = tmp_path / "b64.img"
+    mke2fs(image, "-t", "ext4", "-b", "65536", "-O", "^metadata_csum,^has_journal", size="3G")
+    with Filesystem.open(image) as fs:
+        at = _inode_offset(fs, 2)
+        root = fs.inode(2)
+        assert root.has_extents()
+        first = fs.extents_of(2)[0].physical
+    _write_at(image, at + 4, struct.pack("<I", 1 << 31))  # i_size 2 GiB
+    # The root's extent tree: one leaf entry, 32,768 blocks from its first block (all inside the image).
+    _write_at(image, at + 40, struct.pack("<HHHHI", 0xF30A, 1, 4, 0, 0) + struct.pack("<IHHI", 0, 32768, 0, first))
+    tracemalloc.start()
+    try:
+        with Filesystem.open(image) as fs:
+            with pytest.raises(CorruptError):
+                fs.listdir("/")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
+
+
 def test_directory_bombs(tmp_path: Path) -> None:
     """Zero rec_len, a rec_len past the block, a name longer than its record: errors, never a hang."""
     from pyext4 import CorruptError
