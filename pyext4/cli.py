@@ -654,8 +654,8 @@ def cat_cmd(image: str, path: str, verify: str, allow_dirty: bool) -> None:
 @click.option("--path", "src_path", default="/", show_default=True, help="Directory or file of the image to extract.")
 @click.option("--same-owner/--no-same-owner", default=None,
               help="Set owners from the image (default: when root), as tar does.")
-@click.option("-p", "--preserve-permissions", "preserve", is_flag=True, default=None,
-              help="Keep setuid/setgid bits even when not root.")
+@click.option("-p", "--preserve-permissions/--no-preserve-permissions", "preserve", default=None,
+              help="Keep setuid/setgid bits (default: when root), as tar does.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files in DEST.")
 @click.option("--no-xattrs", is_flag=True, help="Do not copy extended attributes.")
 @click.option("-q", "quiet", is_flag=True, help="Do not print warnings.")
@@ -671,7 +671,7 @@ def extract_cmd(image: str, dest: str, src_path: str, same_owner: bool | None, p
             click.echo(f"{PROG}: {kind}: {text}", err=True)
 
     with _open_read(image, verify, allow_dirty) as fs:
-        report = extract(fs, dest, path=src_path, same_owner=same_owner, preserve_permissions=preserve or None,
+        report = extract(fs, dest, path=src_path, same_owner=same_owner, preserve_permissions=preserve,
                          overwrite=overwrite, xattrs=not no_xattrs, on_message=message)
     if report.errors:
         fail(f"{len(report.errors)} entries could not be extracted (see above)")

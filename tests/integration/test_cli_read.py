@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,19 @@ def test_extract_command(image: dict[str, Path], tmp_path: Path) -> None:
     result = invoke("extract", str(image["img"]), str(tmp_path / "sub"), "--path", "/names", "--no-same-owner")
     assert result.exit_code == 0
     assert (tmp_path / "sub" / ("a" * 255)).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root setuid/setgid bits are kept by default")
+def test_extract_setuid_bits_kept_by_default_as_root_dropped_on_request(image: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    m4755 = image["src"] / "modes" / "m4755"
+    assert stat.S_IMODE(os.stat(m4755).st_mode) == 0o4755
+    assert invoke("extract", str(image["img"]), str(tmp_path / "a"), "--path", "/modes").exit_code == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "m4755").st_mode) == 0o4755
+    result = invoke("extract", str(image["img"]), str(tmp_path / "b"), "--path", "/modes", "--no-preserve-permissions")
+    assert result.exit_code == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "b" / "m4755").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "b" / "m6711").st_mode) == 0o711
 
 
 # ------------------------------------------------------------------ errors

@@ -217,9 +217,12 @@ def test_root_without_owner_and_permissions(tmp_path: Path) -> None:
     image = tmp_path / "img.img"
     mke2fs(image, "-t", "ext4", "-b", "1024", size="64M", root=str(src))
     dest = tmp_path / "dest"
+    before = snapshot(tmp_path, exclude=dest)
     with Filesystem.open(image) as fs:
         report = extract(fs, dest, same_owner=False, preserve_permissions=False)
     assert not report.errors
+    after = snapshot(tmp_path, exclude=dest)
+    assert {k: v for k, v in after.items() if k != "."} == {k: v for k, v in before.items() if k != "."}
     me = os.geteuid()
     assert os.stat(dest / "owners" / "u70000-g80000").st_uid == me
     assert stat.S_IMODE(os.stat(dest / "modes" / "m4755").st_mode) == 0o755
@@ -294,8 +297,10 @@ def test_extract_as_an_ordinary_user(open_tmp: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
     os.chown(dest, 65534, 65534)
+    before = snapshot(tmp_path, exclude=dest)
     result = _run_as(65534, _extract_report, str(image), str(dest))
     assert "exception" not in result, result
+    assert snapshot(tmp_path, exclude=dest) == before  # nothing beside DEST changed (not even its parent)
     assert not result["errors"], result["errors"]
     warned = " ".join(result["warnings"])
     assert "null" in warned and "device node skipped" in warned
@@ -384,6 +389,8 @@ def test_symlink_then_directory_of_the_same_name(symlink_first: bool, target_kin
     assert_untouched(arena, before)
     if passwd_before is not None:
         assert (passwd.stat().st_mtime_ns, passwd.read_bytes()) == passwd_before
+    if target_kind == "etc":
+        assert not Path("/etc/victim").exists()
 
 
 def test_hardlink_whose_first_name_was_refused(arena: dict[str, Path], tmp_path: Path) -> None:
@@ -415,6 +422,7 @@ def test_directory_cycle_ends(arena: dict[str, Path], tmp_path: Path) -> None:
     with Filesystem.open(image) as fs:
         order = [e.name for _, _, e in dir_entries_raw(fs, "/d/e")]
     edit_entries(image, "/d/e", {order.index(b"f"): {"name": b"f", "ino": 2, "file_type": 2}})
+    before = snapshot(arena["parent"])
     with Filesystem.open(image) as fs:
         paths = [e.path for e in fs.walk_entries("/")]
         assert "/d/e/f" in paths and len(paths) < 20
@@ -422,6 +430,7 @@ def test_directory_cycle_ends(arena: dict[str, Path], tmp_path: Path) -> None:
         report = extract(fs, arena["dest"])
     assert any("cycle" in e for e in report.errors)
     assert (arena["dest"] / "d" / "e").is_dir()
+    assert_untouched(arena, before)
 
 
 def test_existing_files_are_kept_unless_overwrite(arena: dict[str, Path], tmp_path: Path) -> None:
