@@ -602,6 +602,17 @@ def test_refuse_checksum_error_in_extent_block(image: Path) -> None:
     _refused(image, lambda fs: fs.unlink("/frag"), ChecksumError)
 
 
+@pytest.mark.parametrize("which", ["block", "inode"])
+def test_refuse_checksum_error_in_bitmap(image: Path, which: str) -> None:
+    with Filesystem.open(image) as fs:
+        desc = fs.group_desc(0)
+        block = desc.block_bitmap if which == "block" else desc.inode_bitmap
+        bs = fs.block_size
+    _flip(image, block * bs + 100)  # bits 800-807 of group 0
+    err = _refused(image, lambda fs: fs.write_file("/new", b"x" * 10000), ChecksumError)
+    assert f"{which} bitmap" in str(err) and "group 0" in str(err)
+
+
 # ======================================================= write safety (counts)
 def _debugfs_script(image: Path, *lines: str) -> None:
     script = image.with_suffix(".debugfs")
@@ -736,11 +747,13 @@ def test_no_free_inodes(tmp_path: Path) -> None:
 
 # =================================================== write safety: failing device
 class FaultyDevice:
-    """A FileDevice whose writes fail from the ``fail_at``-th on (a crash mid-way)."""
+    """A FileDevice whose writes fail from the ``fail_at``-th on (a crash mid-way), or with ``only`` just
+    that one write (a bad sector: the writes after it succeed)."""
 
-    def __init__(self, inner: FileDevice, fail_at: int | None) -> None:
+    def __init__(self, inner: FileDevice, fail_at: int | None, *, only: bool = False) -> None:
         self.inner = inner
         self.fail_at = fail_at
+        self.only = only
         self.writes = 0
         self.size = inner.size
         self.fd = -1  # no copy_file_range shortcut past the fault injection
@@ -750,20 +763,28 @@ class FaultyDevice:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.writes += 1
-        if self.fail_at is not None and self.writes >= self.fail_at:
+        if self._failing(self.writes):
             raise OSError(errno.EIO, f"injected failure at write {self.writes}")
         self.inner.pwrite(offset, data)
+
+    def _failing(self, n: int) -> bool:
+        if self.fail_at is None:
+            return False
+        return n == self.fail_at if self.only else n >= self.fail_at
 
     def zero_range(self, offset: int, length: int) -> None:
         self.pwrite(offset, bytes(length))
 
     def sync(self) -> None:
-        if self.fail_at is not None and self.writes >= self.fail_at:
+        if not self.only and self._failing(self.writes):
             raise OSError(errno.EIO, "injected failure at sync")
         self.inner.sync()
 
     def close(self) -> None:
         self.inner.close()
+
+
+FRAG4 = b"".join(b"%d" % i * 1024 + (bytes(1024) if i < 3 else b"") for i in range(4))  # /frag4: 4 extents
 
 
 def _fault_base(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
@@ -795,6 +816,7 @@ def _fault_base(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     with Filesystem.open(img) as fs:
         assert fs.inode(fs.resolve("/htree")).flags & 0x1000  # INDEX_FL
         assert len(fs.extents_of(fs.resolve("/frag4"))) == 4
+        assert fs.read_bytes("/frag4") == FRAG4
         assert len({fs.geo.group_of_ino(fs.resolve(f"/tree{d}")) for d in range(4)}) > 1
     return img, keep
 
@@ -811,8 +833,9 @@ FAULT_OPS: dict[str, Callable[[WritableFilesystem], Any]] = {
 }
 
 
+@pytest.mark.parametrize("only", [False, True], ids=["from-nth-on", "only-nth"])
 @pytest.mark.parametrize("op", sorted(FAULT_OPS))
-def test_fault_injection(tmp_path: Path, op: str) -> None:
+def test_fault_injection(tmp_path: Path, op: str, only: bool) -> None:
     base, keep = _fault_base(tmp_path)
     action = FAULT_OPS[op]
     copy_image(base, tmp_path / "count.img")
@@ -825,7 +848,7 @@ def test_fault_injection(tmp_path: Path, op: str) -> None:
     work = tmp_path / "work.img"
     for fail_at in range(1, total + 1):
         copy_image(base, work)
-        dev = FaultyDevice(FileDevice.open(work, writable=True), fail_at)
+        dev = FaultyDevice(FileDevice.open(work, writable=True), fail_at, only=only)
         fs = WritableFilesystem(dev, now=NOW)
         with pytest.raises(OSError):
             try:
@@ -840,6 +863,7 @@ def test_fault_injection(tmp_path: Path, op: str) -> None:
             with Filesystem.open(work, verify="warn") as check:
                 for path, data in keep.items():
                     assert check.read_bytes(path) == data, (fail_at, path)
+                assert check.read_bytes("/frag4")[: len(FRAG4)] == FRAG4, fail_at  # written before the op
         # ... and e2fsck repairs what remains.
         proc = subprocess.run([tool("e2fsck"), "-fy", str(work)], capture_output=True)
         assert proc.returncode in (0, 1), (fail_at, proc.stdout.decode(errors="replace"))
@@ -847,6 +871,7 @@ def test_fault_injection(tmp_path: Path, op: str) -> None:
         with Filesystem.open(work) as check:
             for path, data in keep.items():
                 assert check.read_bytes(path) == data, (fail_at, path)
+            assert check.read_bytes("/frag4")[: len(FRAG4)] == FRAG4, fail_at
 
 
 def test_meta_bg_descriptors(tmp_path: Path) -> None:
