@@ -1,8 +1,11 @@
-"""Helpers over an open pyext4 Filesystem: root-owned directories, created or corrected."""
+"""Helpers over pyext4 Filesystems: all-or-nothing writer sessions, root-owned directories."""
 
 from __future__ import annotations
 
+import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import BangerError
@@ -11,6 +14,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyext4 import WritableFilesystem as Filesystem
 
 DIR_MODE = 0o755
+
+
+@contextmanager
+def writer_session(path: str | os.PathLike[str]) -> Iterator[Filesystem]:
+    """The image opened for writing; committed (flush and fsync) when the block ends normally, and
+    abandoned on any error, so that a session's changes reach the image all together or not at all."""
+    import pyext4
+
+    fs = pyext4.Filesystem.open(os.fspath(path), writable=True)
+    try:
+        yield fs  # type: ignore[misc]
+    except BaseException:
+        fs.abandon()
+        raise
+    fs.close()
 
 
 def ensure_dir(fs: Filesystem, path: str, mode: int = DIR_MODE) -> bool:

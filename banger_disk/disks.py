@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyext4
 
-from ._fs import ensure_dir, ensure_parents
+from ._fs import ensure_dir, ensure_parents, writer_session
 from .errors import BangerError
 from .guest import normalize_guest_path
 from .model import VM, Image, StageCallback, report
@@ -208,7 +208,7 @@ def sync_authorized_keys(
     """
     new_keys = _key_lines(keys)
     report(on_stage, "sync_authorized_keys", f"authorizing {len(new_keys)} key(s) in {os.fspath(work_disk)}")
-    with pyext4.Filesystem.open(os.fspath(work_disk), writable=True) as fs:
+    with writer_session(work_disk) as fs:  # all or nothing
         ensure_dir(fs, SSH_DIR, SSH_DIR_MODE)
         existing = ""
         if not replace and fs.exists(AUTHORIZED_KEYS):
@@ -250,7 +250,7 @@ def sync_files(
         plan.append((host, guest, mode))
     if not plan:
         return []
-    with pyext4.Filesystem.open(os.fspath(work_disk), writable=True) as fs:
+    with writer_session(work_disk) as fs:  # all the files or none
         for host, guest, mode in plan:
             report(on_stage, "sync_files", f"{host} -> {guest} ({mode:04o})")
             ensure_parents(fs, guest)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pyext4
 
 from . import capabilities as _caps
-from ._fs import ensure_parents
+from ._fs import ensure_parents, writer_session
 from .errors import BangerError, InvalidGuestConfig
 from .guest import FSTAB_PATH, GuestConfigBuilder, GuestFile
 from .model import VM, DaemonConfig, Image, StageCallback, report
@@ -86,7 +86,7 @@ def patch_root_overlay(
         raise BangerError(f"vm {vm.id}: DM device is required")
     builder = build_guest_config(vm, config, capabilities=capabilities, on_stage=on_stage)
     report(on_stage, STAGE, f"opening {device}")
-    with pyext4.Filesystem.open(device, writable=True) as fs:
+    with writer_session(device) as fs:  # all or nothing: never a half-configured guest
         report(on_stage, STAGE, f"reading {FSTAB_PATH}")
         files = builder.files(read_fstab(fs))
         for item in files:

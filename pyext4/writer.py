@@ -2471,6 +2471,13 @@ class WritableFilesystem(Filesystem):
             finally:
                 super().close()
 
+    def abandon(self) -> None:
+        """Close without committing: nothing changed since the last flush() reaches the image's
+        metadata (file data may have gone to blocks the image still counts as free).  For a caller
+        that wants a whole session to be all or nothing."""
+        if not self._closed:
+            super().close()
+
 
 register_writable_opener(WritableFilesystem.open_writable)
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 import pyext4
 from banger_disk import (
     VM,
+    BangerError,
     DaemonConfig,
     Image,
     VMRuntime,
@@ -495,3 +496,38 @@ def test_cli_empty_work_disk(tmp_path: Path) -> None:
     ]
     assert work.stat().st_size == GiB
     assert_fsck_clean(work)
+
+
+@engines
+def test_patch_rootfs_failing_half_way_changes_nothing(tmp_path: Path) -> None:
+    """/usr/local is a file: the network script cannot be written after resolv.conf, hostname, hosts and
+    the network config were; the session is abandoned, so the guest sees none of them."""
+
+    def usr_local_is_a_file(tree: Path) -> None:
+        import shutil
+
+        shutil.rmtree(tree / "usr/local", ignore_errors=True)
+        (tree / "usr/local").write_text("not a directory\n")
+
+    image = make_rootfs(tmp_path, tree_hook=usr_local_is_a_file)
+    before = walk(image)
+    with pytest.raises(BangerError, match="/usr/local"):
+        patch_root_overlay(rootfs_vm(), Image(), image, CONFIG, capabilities=[])
+    assert walk(image) == before
+    assert "banger" not in ls(image, "/etc")
+    assert_fsck_clean(image)
+
+
+@engines
+def test_sync_files_is_all_or_nothing(tmp_path: Path) -> None:
+    disk = tmp_path / "work.ext4"
+    pyext4.mkfs(disk, "64M", root_owner=(0, 0))
+    with pyext4.Filesystem.open(disk, writable=True) as fs:
+        fs.write_file("/blocker", b"a file where a directory is wanted")
+    (tmp_path / "one").write_bytes(b"first")
+    (tmp_path / "two").write_bytes(b"second")
+    before = walk(disk)
+    with pytest.raises(BangerError):
+        sync_files(disk, [(tmp_path / "one", "/one", 0o600), (tmp_path / "two", "/blocker/two", 0o600)])
+    assert walk(disk) == before
+    assert_fsck_clean(disk)

@@ -941,3 +941,21 @@ def test_dir_nlink_past_65000_subdirectories(tmp_path: Path) -> None:
         assert len(os.listdir(mnt / "p")) == 64_990
         os.mkdir(mnt / "p" / "by-kernel")
     assert_clean(img)
+
+
+def test_abandon_commits_nothing_since_the_last_flush(tmp_path: Path) -> None:
+    img = make_image(tmp_path / "a.img", "default")
+    fs = open_rw(img)
+    fs.write_file("/kept", b"flushed")
+    fs.flush()
+    fs.write_file("/dropped", os.urandom(50_000))
+    fs.mkdir("/dropped-dir")
+    fs.write_file("/kept", b"replaced, then abandoned")
+    fs.abandon()
+    assert_clean(img)
+    with Filesystem.open(img) as check:
+        assert sorted(check.listdir("/")) == ["kept", "lost+found"]
+        assert check.read_bytes("/kept") == b"flushed"
+    with open_rw(img) as again:  # the lock went with it
+        again.write_file("/later", b"x")
+    assert_clean(img)
