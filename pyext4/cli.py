@@ -37,6 +37,23 @@ def _usage_error(exc: click.UsageError) -> int:
     return _print_error(exc.format_message() + hint) + 1
 
 
+def _with_image(ctx: click.Context, exc: BaseException, message: str) -> str:
+    """A damaged or refused image is named in the message (paths inside it already say where)."""
+    from .errors import NoSpace, PathError
+
+    image = ctx.meta.get("pyext4.image")
+    if (image and isinstance(exc, Ext4Error) and not isinstance(exc, (PathError, NoSpace, InvalidOptions))
+            and not message.startswith(image)):
+        return f"{image}: {message}"
+    return message
+
+
+def _note_image(image: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["pyext4.image"] = image
+
+
 class Pyext4Group(click.Group):
     """A click group whose commands fail with one line and status 1 (2 for usage errors)."""
 
@@ -63,7 +80,7 @@ class Pyext4Group(click.Group):
                 raise
             if isinstance(exc, BrokenPipeError):
                 raise click.exceptions.Exit(1) from None
-            raise click.exceptions.Exit(_print_error(_describe(exc))) from None
+            raise click.exceptions.Exit(_print_error(_with_image(ctx, exc, _describe(exc)))) from None
         except KeyboardInterrupt:
             raise click.exceptions.Exit(_print_error("interrupted")) from None
         except Exception as exc:  # pragma: no cover - last resort: still one line
@@ -460,6 +477,7 @@ def _open_read(image: str, verify: str, allow_dirty: bool) -> Any:
 
     warnings.simplefilter("default", Ext4Warning)
     warnings.showwarning = _show_warning  # type: ignore[assignment]
+    _note_image(image)
     return Filesystem.open(image, verify=verify, allow_needs_recovery=allow_dirty)
 
 
@@ -681,6 +699,7 @@ def extract_cmd(image: str, dest: str, src_path: str, same_owner: bool | None, p
 def _open_write(image: str, force: bool = False) -> Any:
     from .reader import Filesystem
 
+    _note_image(image)
     return Filesystem.open(image, writable=True, force=force, now=_source_date_epoch())
 
 

@@ -171,7 +171,7 @@ class WritableFilesystem(Filesystem):
         self._dir_changes: dict[int, int] = {}
         if self.sb["s_state"] & K.STATE_ERROR and not force:
             raise CorruptError(
-                "the filesystem is marked as having errors; run e2fsck first (or force=True)", where="superblock"
+                "the filesystem is marked as having errors; run e2fsck first (or force the write)", where="superblock"
             )
         self._ipg = self.geo.inodes_per_group
         self._want_extra = self._extra_isize_for_new_inodes()
@@ -422,7 +422,7 @@ class WritableFilesystem(Filesystem):
         if free != desc.free_blocks and not self.force:
             raise CorruptError(
                 f"block bitmap shows {free} free blocks, descriptor says {desc.free_blocks}; "
-                "run e2fsck first (or force=True)",
+                "run e2fsck first (or force the write)",
                 where=f"group {group}",
             )
         self._bb[group] = bm
@@ -452,7 +452,7 @@ class WritableFilesystem(Filesystem):
         if free != desc.free_inodes and not self.force:
             raise CorruptError(
                 f"inode bitmap shows {free} free inodes, descriptor says {desc.free_inodes}; "
-                "run e2fsck first (or force=True)",
+                "run e2fsck first (or force the write)",
                 where=f"group {group}",
             )
         self._ib[group] = bm
@@ -801,7 +801,7 @@ class WritableFilesystem(Filesystem):
             in_use = bool(raw[26:28] != b"\0\0" and raw[0:2] != b"\0\0" and raw[20:24] == b"\0\0\0\0")
         if in_use:
             raise CorruptError(
-                f"the inode bitmap says inode {ino} is free but it is in use; run e2fsck first (or force=True)",
+                f"the inode bitmap says inode {ino} is free but it is in use; run e2fsck first (or force the write)",
                 where=f"group {group}",
             )
 
