@@ -33,7 +33,7 @@ import pyext4.extract  # noqa: F401  (imported before forking, so each child sta
 import pyext4.reader  # noqa: F401
 from tests.conftest import CORPUS
 
-TIME_LIMIT = 5.0  # seconds per image (both verify modes, extraction included)
+TIME_LIMIT = 5.0  # seconds per image and verify mode (each run in its own child, extraction included)
 MEMORY_LIMIT = 1 << 30  # bytes of address space a child may add to what it inherited
 READ_CHUNK = 1 << 20
 MAX_ENTRIES = 200_000  # a walk of a corpus image never needs more; more would mean a loop
