@@ -24,7 +24,7 @@ def writer_session(path: str | os.PathLike[str]) -> Iterator[Filesystem]:
 
     fs = pyext4.Filesystem.open(os.fspath(path), writable=True)
     try:
-        yield fs  # type: ignore[misc]
+        yield fs
     except BaseException:
         fs.abandon()
         raise

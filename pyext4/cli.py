@@ -34,7 +34,8 @@ def _describe(exc: BaseException) -> str:
 def _usage_error(exc: click.UsageError) -> int:
     """One line for a usage error (click prints a usage block): the problem and where help is; status 2."""
     hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    return _print_error(exc.format_message() + hint) + 1
+    _print_error(exc.format_message() + hint)
+    return 2
 
 
 def _with_image(ctx: click.Context, exc: BaseException, message: str) -> str:

@@ -1465,24 +1465,22 @@ def mkfs(
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         file_dev = FileDevice(fd, writable=True, path=path)
         try:
-            try:
-                _prepare(file_dev, size_bytes, fs_bytes)
-                write_plan(plan, file_dev)
-            except BaseException as exc:
-                if created:  # e.g. larger than the host filesystem allows: leave nothing behind
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-                if isinstance(exc, OSError) and exc.filename is None:  # ftruncate/pwrite name no file
-                    raise OSError(exc.errno, exc.strerror, path) from exc
-                raise
+            _prepare(file_dev, size_bytes, fs_bytes)
+            write_plan(plan, file_dev)
             if sync:
                 file_dev.sync()
-            elif writeback:
+            elif writeback:  # group 0's superblock, descriptors and reserved GDT blocks
                 geo = plan.geo
-                head = geo.first_data_block + 1 + geo.desc_blocks + geo.reserved_gdt_blocks
-                file_dev.start_writeback(0, head * geo.block_size)
+                file_dev.start_writeback(0, (geo.first_data_block + geo.super_and_desc(0).used) * geo.block_size)
+        except BaseException as exc:
+            if created:  # e.g. larger than the host filesystem allows: leave nothing behind
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            if isinstance(exc, OSError) and exc.filename is None:  # ftruncate/pwrite name no file
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            raise
         finally:
             file_dev.close()
     else:
