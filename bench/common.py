@@ -39,8 +39,19 @@ TiB = 1024 * GiB
 
 
 # ------------------------------------------------------------------ tools
-def console_script(name: str) -> str:
-    """The console script installed next to the running interpreter (not a pyenv shim: ~100 ms each)."""
+CLI_ENVS = ("venv", "dev")
+_cli: dict[str, Any] = {"env": "venv", "venv": DEFAULT_WORK_DIR / "cli-venv", "ready": False}
+
+
+def console_script(name: str, where: str | None = None) -> str:
+    """The console script ``name`` as a user runs it: from the CLI venv, or (``where="dev"``) next to
+    the running (development) interpreter; by default as --cli-env says.  Never a pyenv shim (~100 ms
+    each)."""
+    if (where or _cli["env"]) == "venv":
+        script = Path(ensure_cli_venv()) / "bin" / name
+        if not script.exists():
+            raise SystemExit(f"bench: {script} is missing (the CLI venv has no {name})")
+        return str(script)
     candidate = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(candidate):
         return candidate
@@ -48,6 +59,140 @@ def console_script(name: str) -> str:
     if found is None:
         raise SystemExit(f"bench: {name} is not installed (pip install -e . in {REPO_DIR})")
     return found
+
+
+def cli_env() -> str:
+    """'venv' or 'dev': where console_script() takes the CLIs from (--cli-env)."""
+    return str(_cli["env"])
+
+
+def cli_python(where: str | None = None) -> str:
+    """The interpreter behind the console scripts: the CLI venv's python, or ``sys.executable`` ("dev")."""
+    if (where or _cli["env"]) == "venv":
+        return str(Path(ensure_cli_venv()) / "bin" / "python")
+    return sys.executable
+
+
+def set_cli_env(where: str, work_dir: Path) -> dict[str, Any]:
+    """Choose where console_script() takes the CLIs from; build the CLI venv now if it is used.
+    Returns the description recorded with the results."""
+    if where not in CLI_ENVS:
+        raise SystemExit(f"bench: --cli-env must be one of {', '.join(CLI_ENVS)}")
+    _cli.update(env=where, venv=work_dir / "cli-venv", ready=False)
+    if where == "dev":
+        return {"cli_env": "dev", "python": sys.executable}
+    venv = ensure_cli_venv()
+    stamp = _read_stamp(venv / STAMP_NAME)
+    return {"cli_env": "venv", "venv": str(venv), "python": str(venv / "bin" / "python"),
+            "sources_sha256": stamp.get("sources", "")}
+
+
+STAMP_NAME = "pyext4-bench-stamp.json"
+# What goes into the wheel; only these are copied for the install and hashed for the stamp.
+_PACKAGES = ("pyext4", "banger_disk")
+_TOP_FILES = ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in", "LICENSE")
+
+
+def _source_files() -> list[Path]:
+    """The checkout's files that make the installed package (relative paths, sorted)."""
+    files = [Path(n) for n in _TOP_FILES if (REPO_DIR / n).is_file()]
+    for pkg in _PACKAGES:
+        for path in sorted((REPO_DIR / pkg).rglob("*")):
+            rel = path.relative_to(REPO_DIR)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in (".pyc", ".pyo") \
+                    and not any(p.endswith(".egg-info") for p in rel.parts):
+                files.append(rel)
+    return sorted(files)
+
+
+def _snapshot(dest: Path) -> dict[str, str]:
+    """Copy the package sources into ``dest``; return the hashes of what was copied.
+
+    pip builds a local directory in place (setuptools writes build/ and *.egg-info into it, and a
+    stale build/lib could put deleted modules into the wheel): installing from a fresh copy keeps the
+    checkout untouched and the stamp exactly what was installed, even while others edit it.
+    """
+    meta = hashlib.sha256()
+    sources = hashlib.sha256()
+    for rel in _source_files():
+        data = (REPO_DIR / rel).read_bytes()
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        if rel.name == "README.md" and len(rel.parts) == 1:
+            continue  # the long description only: no reinstall for a README edit
+        h = meta if len(rel.parts) == 1 else sources
+        h.update(str(rel).encode() + b"\0" + hashlib.sha256(data).digest())
+    return {"meta": meta.hexdigest(), "sources": sources.hexdigest()}
+
+
+def _read_stamp(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pip_env() -> dict[str, str]:
+    # pip compiles the bytecode at install time; none of these must redirect or disable it
+    # (PYTHONPYCACHEPREFIX would put the .pyc where the venv's runs do not look; SOURCE_DATE_EPOCH
+    # would make them checked-hash .pyc, which hash the source at every import).
+    env = dict(os.environ)
+    for var in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "SOURCE_DATE_EPOCH", "PIP_NO_COMPILE",
+                "PYTHONNOUSERSITE", "PYTHONPATH"):
+        env.pop(var, None)
+    return env
+
+
+def ensure_cli_venv() -> Path:
+    """The CLI venv (``<work dir>/cli-venv``): the project installed as a user installs it.
+
+    ``python -m venv`` from ``sys.executable`` (no system site-packages: neither the development
+    interpreter's editable finder nor this sandbox's ``.pth`` files), then ``pip install`` of the
+    checkout, non-editable, dependencies from the index.  A stamp file holds the hashes of what
+    was installed: when pyext4/ or banger_disk/ changed since, the checkout is reinstalled with
+    ``--force-reinstall --no-deps`` (seconds); when pyproject.toml or the interpreter changed, the
+    venv is rebuilt.  A lock keeps two benchmarks from building it at once.
+    """
+    import fcntl
+
+    venv: Path = _cli["venv"]
+    if _cli["ready"]:
+        return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / "cli-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with tempfile.TemporaryDirectory(prefix="pyext4-src-", dir=venv.parent) as tmp:
+            src = Path(tmp) / "pyext4"
+            hashes = _snapshot(src)
+            want = {"python": sys.executable, "version": platform.python_version(), **hashes}
+            have = _read_stamp(venv / STAMP_NAME)
+            py = venv / "bin" / "python"
+            env = _pip_env()
+            if not py.exists() or any(have.get(k) != want[k] for k in ("python", "version", "meta")):
+                print(f"bench: building the CLI venv {venv} (pip install of {REPO_DIR}, non-editable)",
+                      file=sys.stderr, flush=True)
+                if venv.exists():
+                    shutil.rmtree(venv)
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
+                subprocess.run([str(py), "-m", "pip", "install", "-q", str(src)], check=True, env=env)
+            elif have.get("sources") != want["sources"]:
+                print(f"bench: sources changed since the CLI venv was built; reinstalling into {venv}",
+                      file=sys.stderr, flush=True)
+                subprocess.run([str(py), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(src)],
+                               check=True, env=env)
+            else:
+                _cli["ready"] = True
+                return venv
+            (venv / STAMP_NAME).write_text(json.dumps(want, indent=2) + "\n")
+    _cli["ready"] = True
+    return venv
+
+
+def in_cli_venv(executable: str | os.PathLike[str]) -> bool:
+    """Whether ``executable`` is one of the CLI venv's (its python or a console script)."""
+    path = os.path.abspath(os.fspath(executable))
+    return path.startswith(os.path.abspath(_cli["venv"]) + os.sep)
 
 
 def e2fs_tool(name: str) -> str:
@@ -84,18 +229,25 @@ def _venv_has(py: str, package: str) -> bool:
 
 
 # ------------------------------------------------------------ running
-def bench_env() -> dict[str, str]:
+def bench_env(executable: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """The environment for every timed subprocess: bytecode cached, as for an installed package.
 
     This machine sets PYTHONDONTWRITEBYTECODE=1, which makes every start-up
     compile pyext4 from source (an editable install has no .pyc otherwise).
-    The benchmarks unset it and keep the bytecode under PYTHONPYCACHEPREFIX
-    (in the work directory, so nothing is written into the repository).
+    The benchmarks unset it.  For the development interpreter they keep the
+    bytecode under PYTHONPYCACHEPREFIX (in the work directory, so nothing is
+    written into the repository).  For a program of the CLI venv
+    (``executable`` in it) the prefix is left out: pip compiled the installed
+    package into its __pycache__ directories, and with a prefix set the
+    interpreter would look for .pyc only under the prefix.
     """
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
     env.pop("SOURCE_DATE_EPOCH", None)
+    if executable is not None and in_cli_venv(executable):
+        env.pop("PYTHONPYCACHEPREFIX", None)
+    else:
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
     return env
 
 
@@ -137,7 +289,7 @@ def run(cmd: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = N
             tempfile.NamedTemporaryFile(prefix="rss-") as rss_file:
         if use_time:
             argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *argv]
-        child_env = env if env is not None else bench_env()
+        child_env = env if env is not None else bench_env(cmd[0])
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                 stdout=out if capture_stdout else subprocess.DEVNULL,
@@ -509,7 +661,16 @@ def machine_line(info: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"])
     return (f"{info['date']} · {info['cores']} cores ({info['cpu']}), {info['memory']} · Linux {info['kernel']}"
             f" · Python {info['python']} · {info['e2fsprogs']} · load {load}"
-            f" · pyext4 at {info['commit']}" + (f" + uncommitted {info['uncommitted']}" if info["uncommitted"] else ""))
+            f" · pyext4 at {info['commit']}" + (f" + uncommitted {info['uncommitted']}" if info["uncommitted"] else "")
+            + (f"\n\n{cli_line(info['cli'])}" if info.get("cli") else ""))
+
+
+def cli_line(cli: dict[str, Any]) -> str:
+    """The run header's line on where the CLIs ran from."""
+    if cli.get("cli_env") == "venv":
+        return (f"CLIs from the CLI venv {cli['venv']} (checkout pip-installed, non-editable, sources "
+                f"{cli.get('sources_sha256', '')[:12]}); --cli-env dev for the development interpreter's")
+    return f"CLIs from the development interpreter ({cli.get('python')}, --cli-env dev)"
 
 
 def fs_type(path: str | os.PathLike[str]) -> str:
@@ -659,14 +820,21 @@ def base_parser(description: str, *, runs: int) -> argparse.ArgumentParser:
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for the 1-min load average to drop below 0.5")
+    parser.add_argument("--cli-env", choices=CLI_ENVS, default="venv",
+                        help="where the pyext4 / banger-disk CLIs run from: 'venv' (default), a clean venv "
+                             "under the work dir with the checkout pip-installed (non-editable), as a user "
+                             "runs them; 'dev', the console scripts next to this interpreter")
     return parser
 
 
 def start(args: argparse.Namespace) -> dict[str, Any]:
     """Wait for a quiet machine when asked; the machine description for the report."""
+    cli = set_cli_env(args.cli_env, args.dir)  # before the load check: building the venv is busy work
     if args.wait_quiet:
         wait_quiet(0.5, args.wait_quiet)
-    return machine_info()
+    info = machine_info()
+    info["cli"] = cli
+    return info
 
 
 def section(title: str) -> None:

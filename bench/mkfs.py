@@ -20,6 +20,9 @@ from typing import Any
 
 import common as c
 
+DEV_SUFFIX = " (dev interpreter)"
+DEV_CLI = "pyext4 mkfs (CLI, dev interpreter)"
+
 TARGETS = {
     # (figure, target ratio or value, description)
     "inproc_8G": 0.5,
@@ -36,6 +39,9 @@ def bench_size(size_text: str, size: int, work: Path, runs: int, *, reused: bool
     mke2fs = c.e2fs_tool("mkfs.ext4")
     pyext4 = c.console_script("pyext4")
     img = work / f"mkfs-{size_text}.img"
+    # The same CLI from the development interpreter (editable install, sandbox .pth files), once:
+    # 1T into a fresh file, when the CLI row above is the venv's.
+    dev_row = c.cli_env() == "venv" and size_text.upper() == "1T" and not reused
 
     def setup() -> None:
         c.fresh_sparse(img, size)
@@ -61,6 +67,8 @@ def bench_size(size_text: str, size: int, work: Path, runs: int, *, reused: bool
         c.Contender("mkfs.ext4", tool([mke2fs, "-q", "-F", img, size_text]), setup),
         c.Contender("pyext4 mkfs (CLI)", tool([pyext4, "mkfs", "-q", "-F", img, size_text]), setup,
                     check=check("pyext4 mkfs (CLI)")),
+        *([c.Contender(DEV_CLI, tool([c.console_script("pyext4", "dev"), "mkfs", "-q", "-F", img, size_text]),
+                       setup, check=check(DEV_CLI))] if dev_row else []),
         c.Contender("pyext4.mkfs() in-process", inproc(False), setup, check=check("pyext4.mkfs()")),
         c.Contender("pyext4.mkfs(sync=True) in-process", inproc(True), setup, check=check("pyext4.mkfs(sync=True)")),
     ]
@@ -94,13 +102,21 @@ def bench_rss(size_text: str, size: int, where: Path, runs: int) -> dict[str, An
 
 
 def bench_help(runs: int) -> dict[str, c.Sample | list[c.Sample]]:
-    pyext4 = c.console_script("pyext4")
-    samples = c.alternate([
-        c.Contender("python -c pass", lambda: c.Sample(c.run([sys.executable, "-c", "pass"]).wall)),
-        c.Contender("python -c 'import pyext4'",
-                    lambda: c.Sample(c.run([sys.executable, "-c", "import pyext4"]).wall)),
-        c.Contender("pyext4 --help", lambda: c.Sample(c.run([pyext4, "--help"]).wall)),
-    ], runs, progress=False)
+    """Start-up of the CLIs' interpreter (and, when that is the CLI venv's, of the development one too)."""
+
+    def rows(env: str, suffix: str) -> list[c.Contender]:
+        python, pyext4 = c.cli_python(env), c.console_script("pyext4", env)
+        return [
+            c.Contender(f"python -c pass{suffix}", lambda: c.Sample(c.run([python, "-c", "pass"]).wall)),
+            c.Contender(f"python -c 'import pyext4'{suffix}",
+                        lambda: c.Sample(c.run([python, "-c", "import pyext4"]).wall)),
+            c.Contender(f"pyext4 --help{suffix}", lambda: c.Sample(c.run([pyext4, "--help"]).wall)),
+        ]
+
+    contenders = rows(c.cli_env(), "")
+    if c.cli_env() == "venv":
+        contenders += rows("dev", DEV_SUFFIX)
+    samples = c.alternate(contenders, runs, progress=False)
     return samples  # type: ignore[return-value]
 
 
@@ -172,13 +188,14 @@ def main() -> None:
 
     print("\n--help:", file=sys.stderr)
     h = bench_help(max(args.runs, 15))
-    help_rows = [[name, c.fmt_s(c.med_s(v))] for name, v in h.items()]
     help_s = c.med_s(h["pyext4 --help"])  # type: ignore[arg-type]
-    help_rows[-1].append(f"< 100 ms {c.verdict(help_s, TARGETS['help_s'])}")
-    help_rows[0].append("-")
-    help_rows[1].append("-")
+    primary = "CLI venv" if c.cli_env() == "venv" else "dev interpreter"
+    help_rows = [[name.removesuffix(DEV_SUFFIX), "dev interpreter" if name.endswith(DEV_SUFFIX) else primary,
+                  c.fmt_s(c.med_s(v)),  # type: ignore[arg-type]
+                  f"< 100 ms {c.verdict(help_s, TARGETS['help_s'])}" if name == "pyext4 --help" else "-"]
+                 for name, v in h.items()]
     c.section("Start-up (medians)")
-    print(c.markdown_table(["command", "median wall", "target"], help_rows))
+    print(c.markdown_table(["command", "interpreter", "median wall", "target"], help_rows))
     results["startup"] = c.samples_json(h)  # type: ignore[arg-type]
 
     if not args.no_save:
