@@ -112,11 +112,13 @@ def read_dissect(image: str) -> dict[str, int]:
 
 def extract_pyext4(image: str, dest: str) -> dict[str, int]:
     import pyext4
-    from pyext4.extract import extract
+    from pyext4.extract import default_jobs, extract
 
+    jobs = default_jobs()  # what the CLI uses
     with pyext4.Filesystem.open(image) as fs:
-        report = extract(fs, dest)
-    return {"files": report.files, "dirs": report.directories, "bytes": report.bytes, "errors": len(report.errors)}
+        report = extract(fs, dest, jobs=jobs)
+    return {"files": report.files, "dirs": report.directories, "bytes": report.bytes, "errors": len(report.errors),
+            "jobs": jobs}
 
 
 def preload(which: str) -> None:

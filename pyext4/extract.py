@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat as _stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import constants as K
@@ -16,6 +17,15 @@ from .reader import Filesystem, decode_name, encode_name, split_path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _COPY_CHUNK = 1 << 30
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# A tree with fewer non-directory entries than this is extracted by one process even when
+# more jobs are allowed: a fork and its report cost more than they would save.
+_PARALLEL_MIN_ENTRIES = 64
+# A directory made by a parallel extraction: (path relative to DEST, ino, inode, path shown).
+_Dir = tuple[str, int, "Inode | None", str]
+_CHUNK_ENTRIES = 32  # entries per chunk of work at least
+_CHUNKS = 1024  # chunk numbers at most: 4 KiB, what any pipe holds at once
+_REPORT_COUNTS = ("files", "symlinks", "hardlinks", "specials", "bytes", "skipped")
 
 
 @dataclass
@@ -40,6 +50,7 @@ class ExtractOptions:
     overwrite: bool = False
     xattrs: bool = True
     is_root: bool = False
+    jobs: int = 1
 
 
 def _safe_name(name: bytes) -> bool:
@@ -77,6 +88,9 @@ class _Extractor:
     # --------------------------------------------------------------- walk
     def run(self, start_ino: int, dest_fd: int, shown: str) -> None:
         """Extract the directory ``start_ino``'s contents into ``dest_fd`` (depth first, iterative)."""
+        if self.opts.jobs > 1 and _can_fork():
+            self._run_parallel(start_ino, dest_fd, shown)
+            return
         self.root_fd = dest_fd
         stack: list[tuple[int, int, Iterator[tuple[bytes, int, int]], str, str, Inode | None]] = []
         stack.append((start_ino, dest_fd, iter(self.fs.dir_entries(start_ino)), shown, "", None))
@@ -131,6 +145,215 @@ class _Extractor:
             except OSError as exc:
                 self.error(f"{shown_child}: {exc.strerror or exc}")
         self._finish_deferred()
+
+    # ------------------------------------------------------ parallel walk
+    def _run_parallel(self, start_ino: int, dest_fd: int, shown: str) -> None:
+        """Extract with up to ``opts.jobs`` processes.
+
+        This process first makes every directory.  The other entries are then
+        shared out in chunks, taken from a pipe by forked children and by this
+        process side by side, so a share of large files does not leave the others
+        idle; every name of an inode with several names in the tree stays with
+        this process (the first name is made, the others linked to it).
+        Directories get their owners, modes and times last, deepest first.
+        """
+        self.root_fd = dest_fd
+        dirs: list[_Dir] = [("", start_ino, None, shown)]  # the root, then every directory made, pre-order
+        leaves: list[tuple[int, bytes, int]] = []  # (index in dirs, name, ino)
+        stack: list[tuple[int, int, Iterator[tuple[bytes, int, int]]]] = []
+        stack.append((0, dest_fd, iter(self.fs.dir_entries(start_ino))))
+        visited = {start_ino}
+        try:
+            while stack:
+                index, dfd, entries = stack[-1]
+                nxt = next(entries, None)
+                if nxt is None:
+                    stack.pop()
+                    if index:
+                        os.close(dfd)
+                    continue
+                name, child, ft = nxt
+                if not _safe_name(name):
+                    self.error(f"{self._shown(dirs, index, name)!r}: unsafe name refused (inode {child})")
+                    continue
+                if ft != K.FT_DIR and ft != K.FT_UNKNOWN:
+                    leaves.append((index, name, child))
+                    continue
+                try:
+                    inode = self.fs.inode(child)
+                    if not inode.is_dir():
+                        leaves.append((index, name, child))
+                        continue
+                    shown_child = self._shown(dirs, index, name)
+                    if child in visited:
+                        self.error(f"{shown_child}: directory inode {child} appears twice (cycle); skipped")
+                        continue
+                    visited.add(child)
+                    try:
+                        children: list[tuple[bytes, int, int]] = self.fs.dir_entries(child, inode)
+                    except Ext4Error as exc:
+                        self.error(f"{shown_child}: contents not extracted: {exc}")
+                        children = []
+                    cfd = self._make_dir(dfd, name, shown_child)
+                    if cfd < 0:
+                        continue
+                    self.report.directories += 1
+                    rel_dir = dirs[index][0]
+                    dirs.append(((rel_dir + "/" if rel_dir else "") + decode_name(name), child, inode, shown_child))
+                    stack.append((len(dirs) - 1, cfd, iter(children)))
+                except Ext4Error as exc:
+                    self.error(f"{self._shown(dirs, index, name)}: {exc}")
+                except OSError as exc:
+                    self.error(f"{self._shown(dirs, index, name)}: {exc.strerror or exc}")
+        finally:
+            for index, dfd, _ in stack:
+                if index:
+                    os.close(dfd)
+        self._share_leaves(dirs, leaves)
+        for rel, ino, dir_inode, shown_dir in reversed(dirs[1:]):  # children before their parents
+            assert dir_inode is not None
+            try:
+                fd = self._open_rel(rel)
+            except OSError as exc:
+                self.error(f"{shown_dir}: {exc.strerror or exc}")
+                continue
+            try:
+                self._finish_dir(fd, ino, dir_inode, shown_dir)
+            except Ext4Error as exc:
+                self.error(f"{shown_dir}: {exc}")
+            except OSError as exc:
+                self.error(f"{shown_dir}: {exc.strerror or exc}")
+            finally:
+                os.close(fd)
+
+    @staticmethod
+    def _shown(dirs: list[_Dir], index: int, name: bytes) -> str:
+        return dirs[index][3].rstrip("/") + "/" + decode_name(name)
+
+    def _share_leaves(self, dirs: list[_Dir], leaves: list[tuple[int, bytes, int]]) -> None:
+        """Extract ``leaves`` with this process and up to ``opts.jobs - 1`` forked children."""
+        jobs = min(self.opts.jobs, max(1, len(leaves) // _PARALLEL_MIN_ENTRIES))
+        if jobs == 1:
+            self._extract_leaves(dirs, leaves)
+            return
+        seen: set[int] = set()
+        linked: set[int] = set()
+        for _, _, ino in leaves:
+            if ino in seen:
+                linked.add(ino)
+            seen.add(ino)
+        pinned = [leaf for leaf in leaves if leaf[2] in linked]
+        rest = [leaf for leaf in leaves if leaf[2] not in linked] if linked else leaves
+        # At most _CHUNKS chunk numbers (4 bytes each), so that all of them fit in the pipe at once.
+        size = max(_CHUNK_ENTRIES, -(-len(rest) // _CHUNKS))
+        chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
+        rfd, wfd = os.pipe()
+        workers: list[tuple[int, int]] = []
+        try:
+            try:
+                os.write(wfd, b"".join(k.to_bytes(4, "little") for k in range(len(chunks))))
+            finally:
+                os.close(wfd)
+            for _ in range(jobs - 1):
+                try:
+                    workers.append(self._fork_worker(dirs, chunks, rfd))
+                except OSError:  # no process to be had (EAGAIN, ENOMEM): this one does the rest
+                    break
+            self._extract_leaves(dirs, pinned)
+            self._extract_leaves(dirs, _taken(chunks, rfd))
+            while workers:
+                self._merge_share(*workers.pop(0))
+        finally:
+            os.close(rfd)
+            for pid, report_fd in workers:  # this process failed: stop the others
+                _kill_share(pid, report_fd)
+
+    def _extract_leaves(self, dirs: list[_Dir], leaves: Iterable[tuple[int, bytes, int]]) -> None:
+        """Extract non-directory entries into the directories already made (``dirs[index]``)."""
+        current, dfd = 0, self.root_fd
+        try:
+            for index, name, ino in leaves:
+                rel_dir, _, _, shown_dir = dirs[index]
+                shown = shown_dir.rstrip("/") + "/" + decode_name(name)
+                try:
+                    if index != current:
+                        if current:
+                            os.close(dfd)
+                        current, dfd = 0, self.root_fd
+                        if index:
+                            dfd = self._open_rel(rel_dir)
+                        current = index
+                    inode = self.fs.inode(ino)
+                    if inode.is_dir():  # the entry's file type said otherwise: a damaged image
+                        self.error(f"{shown}: entry's file type does not match directory inode {ino}; skipped")
+                        continue
+                    rel = (rel_dir + "/" if rel_dir else "") + decode_name(name)
+                    self._extract_leaf(dfd, name, ino, inode, shown, rel)
+                except UnsafePath as exc:
+                    self.error(str(exc))
+                except Ext4Error as exc:
+                    self.error(f"{shown}: {exc}")
+                except OSError as exc:
+                    self.error(f"{shown}: {exc.strerror or exc}")
+        finally:
+            if current:
+                os.close(dfd)
+
+    def _fork_worker(self, dirs: list[_Dir], chunks: list[list[tuple[int, bytes, int]]],
+                     chunk_fd: int) -> tuple[int, int]:
+        """Fork a child that extracts the chunks it takes from ``chunk_fd`` and sends back its
+        report; returns (pid, the report's read end)."""
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        if pid == 0:  # the child: never returns into the caller's code
+            status = 1
+            try:
+                os.close(rfd)
+                self.report = ExtractReport()
+                self.on_message = None
+                self._extract_leaves(dirs, _taken(chunks, chunk_fd))
+                data = {k: getattr(self.report, k) for k in _REPORT_COUNTS}
+                data["errors"] = self.report.errors
+                data["warnings"] = self.report.warnings
+                view = memoryview(json.dumps(data).encode())
+                while view:
+                    view = view[os.write(wfd, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        return pid, rfd
+
+    def _merge_share(self, pid: int, rfd: int) -> None:
+        """Wait for a child's report and add it to ours (its messages are passed on now)."""
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(rfd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(rfd)
+            _, status = os.waitpid(pid, 0)
+        try:
+            data = json.loads(b"".join(chunks)) if os.waitstatus_to_exitcode(status) == 0 else None
+        except ValueError:
+            data = None
+        if data is None:
+            self.error(f"an extraction worker (pid {pid}) failed; part of the tree may be missing")
+            return
+        for key in _REPORT_COUNTS:
+            setattr(self.report, key, getattr(self.report, key) + int(data[key]))
+        for message in data["errors"]:
+            self.error(message)
+        for message in data["warnings"]:
+            self.warn(message)
 
     # ---------------------------------------------------- deferred directories
     def _defer(self, inode: Inode) -> bool:
@@ -240,11 +463,10 @@ class _Extractor:
     def _file(self, dfd: int, name: bytes, ino: int, inode: Inode, shown: str) -> None:
         # Always a new inode (O_EXCL): with overwrite, whatever is there is unlinked first, so a
         # hardlink or symlink planted in the destination can never lead the write outside it.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         if self.opts.overwrite:
             self._remove_existing(dfd, name)
         try:
-            fd = os.open(name, flags, 0o600, dir_fd=dfd)
+            fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dfd)
         except OSError as exc:
             if exc.errno == errno.EEXIST:
                 raise OSError(exc.errno, "exists in the destination (use --overwrite)") from None
@@ -258,11 +480,11 @@ class _Extractor:
                 os.pwrite(fd, data, 0)
                 written = size
             else:
-                written = 0
+                written = pos = 0  # pos: the file offset of fd, -1 when not known
                 for offset, length, phys in self.fs.data_segments(ino, inode):
                     if phys is None:
                         continue  # unwritten: reads as zeros, stays a hole
-                    self._copy(fd, phys * self.bs, offset, length)
+                    pos = self._copy(fd, phys * self.bs, offset, length, pos)
                     written = offset + length
             if written != size:
                 os.ftruncate(fd, size)  # a hole at the end
@@ -271,7 +493,9 @@ class _Extractor:
         finally:
             os.close(fd)
 
-    def _copy(self, out_fd: int, src_offset: int, dst_offset: int, length: int) -> None:
+    def _copy(self, out_fd: int, src_offset: int, dst_offset: int, length: int, pos: int = -1) -> int:
+        """Copy ``length`` bytes of the image at ``src_offset`` to ``out_fd`` at ``dst_offset`` in the
+        kernel where it can; ``pos`` is out_fd's file offset (-1: not known).  Returns the new one."""
         if src_offset + length > self.fs.dev.size:
             raise Ext4Error(f"data at byte {src_offset} runs past the end of the image")
         done = 0
@@ -289,13 +513,16 @@ class _Extractor:
                 self.can_copy_range = False
         if self.can_sendfile and done < length:
             try:
-                os.lseek(out_fd, dst_offset + done, os.SEEK_SET)
+                if pos != dst_offset + done:  # sendfile writes at (and moves) the file offset
+                    os.lseek(out_fd, dst_offset + done, os.SEEK_SET)
                 while done < length:
                     n = os.sendfile(out_fd, self.img_fd, src_offset + done, min(length - done, _COPY_CHUNK))
                     if n <= 0:
                         break
                     done += n
+                pos = dst_offset + done
             except OSError as exc:
+                pos = -1
                 if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                     raise
                 self.can_sendfile = False
@@ -304,6 +531,7 @@ class _Extractor:
             data = self.fs.dev.pread(src_offset + done, n)
             os.pwrite(out_fd, data, dst_offset + done)
             done += n
+        return pos
 
     # ------------------------------------------------------------ metadata
     def _mode_bits(self, inode: Inode) -> int:
@@ -374,6 +602,41 @@ class _Extractor:
 _IBODY_MAGIC = K.XATTR_MAGIC.to_bytes(4, "little")
 
 
+def _taken(chunks: list[list[tuple[int, bytes, int]]], chunk_fd: int) -> Iterator[tuple[int, bytes, int]]:
+    """The entries of every chunk this process takes from the pipe (a 4-byte chunk number per read:
+    a read of 4 bytes from a pipe holding only whole numbers is never split between readers)."""
+    while True:
+        raw = os.read(chunk_fd, 4)
+        if len(raw) < 4:
+            return
+        yield from chunks[int.from_bytes(raw, "little")]
+
+
+def default_jobs() -> int:
+    """The CLI's default number of extraction processes: one per CPU this process may use, at most 4."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, 4))
+
+
+def _can_fork() -> bool:
+    """Whether forking workers is safe here: a POSIX fork, and no other thread whose locks
+    the children would inherit held."""
+    import threading
+
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def _kill_share(pid: int, rfd: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.close(rfd)
+    os.waitpid(pid, 0)
+
+
 def extract(
     fs: Filesystem,
     dest: str | os.PathLike[str],
@@ -384,6 +647,7 @@ def extract(
     overwrite: bool = False,
     xattrs: bool = True,
     on_message: Callable[[str, str], None] | None = None,
+    jobs: int = 1,
 ) -> ExtractReport:
     """Recreate ``path`` of the image (a directory's contents, or one file) under ``dest``.
 
@@ -391,7 +655,9 @@ def extract(
     when root (or ``preserve_permissions=True``).  Nothing is created outside
     ``dest``: unsafe names are refused per entry, symlinks are never followed,
     existing files are kept unless ``overwrite``.  Per-entry problems land in the
-    report; raises Ext4Error/OSError only when nothing can be done.
+    report; raises Ext4Error/OSError only when nothing can be done.  ``jobs`` > 1
+    shares a large tree's files among that many processes (forked; only when the
+    caller runs no other thread); directories are made first and finished last.
     """
     is_root = os.geteuid() == 0
     opts = ExtractOptions(
@@ -400,6 +666,7 @@ def extract(
         overwrite=overwrite,
         xattrs=xattrs,
         is_root=is_root,
+        jobs=max(1, int(jobs)),
     )
     report = ExtractReport()
     dest_s = os.fspath(dest)

@@ -509,25 +509,26 @@ class Filesystem:
         if inode.has_inline_data():
             result: list[E.Extent] = []
         elif inode.has_extents():
-            verify = None
-            if self.metadata_csum and self._checking:
-                iseed = self._iseed(ino, inode)
-
-                def verify(block: int, raw: bytes, eh_max: int) -> None:
-                    tail = 12 + 12 * eh_max
-                    if tail + 4 > len(raw):
-                        return
-                    stored = int.from_bytes(raw[tail : tail + 4], "little")
-                    actual = extent_block_csum(iseed, raw, eh_max)
-                    if stored != actual:
-                        self._checksum_problem(
-                            ChecksumError("extent block", expected=stored, actual=actual, where=f"{where} block {block}")
-                        )
-
-            quick = self._leaf_root_extents(inode.block)
+            quick = self._leaf_root_extents(inode.block)  # no extent blocks: nothing to verify
             if quick is not None:
                 result = quick
             else:
+                verify = None
+                if self.metadata_csum and self._checking:
+                    iseed = self._iseed(ino, inode)
+
+                    def verify(block: int, raw: bytes, eh_max: int) -> None:
+                        tail = 12 + 12 * eh_max
+                        if tail + 4 > len(raw):
+                            return
+                        stored = int.from_bytes(raw[tail : tail + 4], "little")
+                        actual = extent_block_csum(iseed, raw, eh_max)
+                        if stored != actual:
+                            self._checksum_problem(
+                                ChecksumError("extent block", expected=stored, actual=actual,
+                                              where=f"{where} block {block}")
+                            )
+
                 result = list(
                     E.walk(
                         inode.block, self.read_block, block_size=self.block_size,

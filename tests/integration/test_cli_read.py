@@ -212,6 +212,31 @@ def test_extract_command(image: dict[str, Path], tmp_path: Path) -> None:
     assert (tmp_path / "sub" / ("a" * 255)).exists()
 
 
+def test_extract_jobs(image: dict[str, Path], tmp_path: Path) -> None:
+    """-j 1 and -j 3 make the same tree; the second run's refusals come from every process; -j 0 is
+    a usage error."""
+    trees = {}
+    for jobs in ("1", "3"):
+        dest = tmp_path / f"j{jobs}"
+        proc = cli("extract", "-j", jobs, str(image["img"]), str(dest), "-q")
+        assert proc.returncode == 0, proc.stderr
+        tree = {}
+        for p in sorted(dest.rglob("*")):
+            st = p.lstat()
+            content = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p) if p.is_symlink() else None
+            tree[str(p.relative_to(dest))] = (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns, content)
+        trees[jobs] = tree
+    assert trees["1"] == trees["3"] and len(trees["1"]) > 50
+    again = cli("extract", "-j", "3", str(image["img"]), str(tmp_path / "j3"))
+    assert again.returncode == 1
+    refused = [line for line in again.stderr.decode().splitlines()[:-1] if "exists" in line.lower()]
+    files = sum(1 for p in (tmp_path / "j3").rglob("*") if not stat.S_ISDIR(p.lstat().st_mode))
+    assert len(refused) == files  # every file, whichever process met it
+    usage = cli("extract", "-j", "0", str(image["img"]), str(tmp_path / "j0"))
+    assert usage.returncode == 2 and not (tmp_path / "j0").exists()
+    assert b"Traceback" not in usage.stderr
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="as root setuid/setgid bits are kept by default")
 def test_extract_setuid_bits_kept_by_default_as_root_dropped_on_request(image: dict[str, Path],
                                                                          tmp_path: Path) -> None:

@@ -10,17 +10,21 @@ outside DEST is created or changed (DEST's parent is snapshotted before and afte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import stat
 import struct
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pyext4 import dirent as D
+from pyext4 import extract as extract_mod
 from pyext4.extract import extract
 from pyext4.reader import Filesystem
 from tests.conftest import mke2fs
@@ -34,6 +38,14 @@ from tests.integration.test_reader import (
 )
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="owners, devices and trusted xattrs need root")
+
+
+@pytest.fixture(autouse=True, params=[1, 2], ids=["1job", "2jobs"])
+def jobs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every test here runs twice: one process, and two (forked) sharing even the smallest tree."""
+    monkeypatch.setattr(extract_mod, "_PARALLEL_MIN_ENTRIES", 1)
+    monkeypatch.setattr(sys.modules[__name__], "extract", functools.partial(extract, jobs=request.param))
+    return int(request.param)
 
 
 # ====================================================================== helpers
@@ -168,6 +180,69 @@ def test_round_trip_mke2fs(fs_args: list[str], tmp_path: Path) -> None:
     # Hardlinks are hardlinks on the host.
     assert os.stat(dest / "links" / "hard-a").st_ino == os.stat(dest / "files" / "hard-c").st_ino
     assert report.hardlinks == 2
+
+
+def test_parallel_workers_share_the_tree(jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With jobs=2 a forked worker extracts part of the files (and its report is merged); when a
+    worker dies, the extraction says so instead of passing over the missing files."""
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(50):
+            (src / f"d{d}" / f"f{f}").write_bytes(bytes([f]) * (f * 997))
+    image = tmp_path / "img.img"
+    mke2fs(image, "-t", "ext4", size="16M", root=str(src))
+    parent = os.getpid()
+    real_leaves = extract_mod._Extractor._extract_leaves
+
+    def leaves(self: Any, dirs: Any, share: Any) -> None:
+        done = 0
+
+        def counted() -> Any:
+            nonlocal done
+            for leaf in share:
+                done += 1
+                yield leaf
+
+        if os.getpid() == parent:
+            time.sleep(0.2)  # let the child take chunks before this process takes them all
+        real_leaves(self, dirs, counted())
+        if os.getpid() != parent:  # tell the parent, through a file, how much a child did
+            (tmp_path / f"child-{os.getpid()}").write_text(str(done))
+
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", leaves)
+    with Filesystem.open(image) as fs:
+        report = extract(fs, tmp_path / "dest")
+    assert not report.errors, report.errors
+    assert report.files == 200 and report.directories == 5  # d0..d3 and lost+found
+    for d in range(4):
+        for f in range(50):
+            assert (tmp_path / "dest" / f"d{d}" / f"f{f}").read_bytes() == bytes([f]) * (f * 997)
+    children = [p for p in tmp_path.iterdir() if p.name.startswith("child-")]
+    assert len(children) == jobs - 1
+    if jobs == 1:
+        return
+    assert int(children[0].read_text()) > 0  # the child extracted some of the files
+
+    def dying(self: Any, dirs: Any, share: Any) -> None:
+        if os.getpid() != parent:
+            os._exit(3)
+        real_leaves(self, dirs, share)
+
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", dying)
+    with Filesystem.open(image) as fs:
+        report = extract(fs, tmp_path / "dest2")
+    assert any("extraction worker" in e and "failed" in e for e in report.errors), report.errors
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", real_leaves)
+    monkeypatch.setattr(os, "fork", no_fork)  # no process to be had: this one does every share
+    with Filesystem.open(image) as fs:
+        report = extract(fs, tmp_path / "dest3")
+    assert not report.errors and report.files == 200
+    assert (tmp_path / "dest3" / "d3" / "f49").read_bytes() == bytes([49]) * (49 * 997)
 
 
 @pytest.mark.mount
@@ -351,9 +426,12 @@ def test_unsafe_names_are_refused(csum: bool, arena: dict[str, Path], tmp_path: 
 
 @pytest.mark.parametrize("symlink_first", [True, False])
 @pytest.mark.parametrize("target_kind", ["etc", "outside"])
-def test_symlink_then_directory_of_the_same_name(symlink_first: bool, target_kind: str,
+def test_symlink_then_directory_of_the_same_name(symlink_first: bool, target_kind: str, jobs: int,
                                                   arena: dict[str, Path], tmp_path: Path) -> None:
-    """A symlink ``a -> /etc`` (or -> a directory beside DEST) and a directory ``a`` holding ``passwd``."""
+    """A symlink ``a -> /etc`` (or -> a directory beside DEST) and a directory ``a`` holding ``passwd``.
+
+    The first of the two made wins: in walk order with one process; with more, every
+    directory is made before any other entry, so the directory wins."""
     target = "/etc" if target_kind == "etc" else os.fspath(arena["outside"])
 
     def populate(src: Path) -> None:
@@ -382,7 +460,7 @@ def test_symlink_then_directory_of_the_same_name(symlink_first: bool, target_kin
         report = extract(fs, arena["dest"])
     assert report.errors, "one of the two 'a' entries must be refused"
     a = arena["dest"] / "a"
-    if symlink_first:
+    if symlink_first and jobs == 1:
         assert os.path.islink(a) and os.readlink(a) == target
     else:
         assert a.is_dir() and not a.is_symlink() and (a / "passwd").exists()
