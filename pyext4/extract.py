@@ -7,7 +7,6 @@ import json
 import os
 import stat as _stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from . import constants as K
 from .blockdev import FileDevice
@@ -28,29 +27,39 @@ _CHUNKS = 1024  # chunk numbers at most: 4 KiB, what any pipe holds at once
 _REPORT_COUNTS = ("files", "symlinks", "hardlinks", "specials", "bytes", "skipped")
 
 
-@dataclass
 class ExtractReport:
-    """What an extraction did; ``errors`` and ``warnings`` are one-line messages."""
+    """What an extraction did; ``errors`` and ``warnings`` are one-line messages.
 
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    specials: int = 0
-    bytes: int = 0
-    skipped: int = 0
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    (A plain class, not a dataclass: a dataclass costs ~0.4 ms of every CLI start.)
+    """
+
+    __slots__ = ("files", "directories", "symlinks", "hardlinks", "specials", "bytes", "skipped",
+                 "errors", "warnings")
+
+    def __init__(self) -> None:
+        self.files = self.directories = self.symlinks = self.hardlinks = 0
+        self.specials = self.bytes = self.skipped = 0
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"ExtractReport({fields})"
 
 
-@dataclass
 class ExtractOptions:
-    same_owner: bool
-    preserve_permissions: bool
-    overwrite: bool = False
-    xattrs: bool = True
-    is_root: bool = False
-    jobs: int = 1
+    """How to extract: owners, setuid/setgid bits, overwriting, xattrs, and the processes to use."""
+
+    __slots__ = ("same_owner", "preserve_permissions", "overwrite", "xattrs", "is_root", "jobs")
+
+    def __init__(self, same_owner: bool, preserve_permissions: bool, overwrite: bool = False,
+                 xattrs: bool = True, is_root: bool = False, jobs: int = 1) -> None:
+        self.same_owner = same_owner
+        self.preserve_permissions = preserve_permissions
+        self.overwrite = overwrite
+        self.xattrs = xattrs
+        self.is_root = is_root
+        self.jobs = jobs
 
 
 def _safe_name(name: bytes) -> bool:
