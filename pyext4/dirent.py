@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from . import _codecs as C
 from . import csum as _csum
@@ -107,16 +108,39 @@ def rec_len_to_disk(length: int, block_size: int) -> int:
     return (length & 65532) | ((length >> 16) & 3)
 
 
+# ----------------------------------------------------------------- values
+# The value classes below are plain classes rather than dataclasses, whose creation
+# costs start-up time; each keeps what the dataclass gave it: the same __init__, a
+# "Name(field=value, ...)" repr, and equality by fields (unhashable, as they are mutable).
+def _repr(obj: Any) -> str:
+    """``Name(field=value, ...)`` over the slots, as a dataclass prints itself."""
+    fields = ", ".join(f"{name}={getattr(obj, name)!r}" for name in obj.__slots__)
+    return f"{type(obj).__qualname__}({fields})"
+
+
 # ----------------------------------------------------------------- entries
-@dataclass(slots=True)
 class DirEntry:
     """One directory entry as found in a block (``ino`` 0 means an empty slot)."""
 
-    ino: int
-    name: bytes
-    file_type: int
-    offset: int
-    rec_len: int
+    __slots__ = ("ino", "name", "file_type", "offset", "rec_len")
+
+    def __init__(self, ino: int, name: bytes, file_type: int, offset: int, rec_len: int) -> None:
+        self.ino = ino
+        self.name = name
+        self.file_type = file_type
+        self.offset = offset
+        self.rec_len = rec_len
+
+    __repr__ = _repr
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _dir_entry_fields(self) == _dir_entry_fields(other)
+        return NotImplemented
+
+
+_dir_entry_fields = attrgetter(*DirEntry.__slots__)
 
 
 def has_leaf_tail(raw: Buffer) -> bool:
@@ -853,19 +877,41 @@ def max_htree_levels(large_dir: bool) -> int:
     return 2 if large_dir else 1
 
 
-@dataclass(slots=True)
 class DxRoot:
     """A parsed htree root.  ``hashes[0]`` is 0: the first entry has no hash on disk."""
 
-    dot_ino: int
-    dotdot_ino: int
-    hash_version: int  # as stored (0..2, 6); see effective_hash_version
-    levels: int  # indirect_levels: 0 means the entries point at leaves
-    unused_flags: int
-    limit: int
-    hashes: list[int]
-    blocks: list[int]
-    count_offset: int = DX_ROOT_COUNT_OFFSET
+    __slots__ = ("dot_ino", "dotdot_ino", "hash_version", "levels", "unused_flags", "limit", "hashes", "blocks",
+                 "count_offset")
+
+    def __init__(
+        self,
+        dot_ino: int,
+        dotdot_ino: int,
+        hash_version: int,
+        levels: int,
+        unused_flags: int,
+        limit: int,
+        hashes: list[int],
+        blocks: list[int],
+        count_offset: int = DX_ROOT_COUNT_OFFSET,
+    ) -> None:
+        self.dot_ino = dot_ino
+        self.dotdot_ino = dotdot_ino
+        self.hash_version = hash_version  # as stored (0..2, 6); see effective_hash_version
+        self.levels = levels  # indirect_levels: 0 means the entries point at leaves
+        self.unused_flags = unused_flags
+        self.limit = limit
+        self.hashes = hashes
+        self.blocks = blocks
+        self.count_offset = count_offset
+
+    __repr__ = _repr
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _dx_root_fields(self) == _dx_root_fields(other)
+        return NotImplemented
 
     @property
     def count(self) -> int:
@@ -877,14 +923,26 @@ class DxRoot:
         return list(zip(self.hashes, self.blocks, strict=True))
 
 
-@dataclass(slots=True)
 class DxNode:
     """A parsed htree interior node.  ``hashes[0]`` is 0 (its hash lives in the parent)."""
 
-    limit: int
-    hashes: list[int]
-    blocks: list[int]
-    count_offset: int = DX_NODE_COUNT_OFFSET
+    __slots__ = ("limit", "hashes", "blocks", "count_offset")
+
+    def __init__(
+        self, limit: int, hashes: list[int], blocks: list[int], count_offset: int = DX_NODE_COUNT_OFFSET
+    ) -> None:
+        self.limit = limit
+        self.hashes = hashes
+        self.blocks = blocks
+        self.count_offset = count_offset
+
+    __repr__ = _repr
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _dx_node_fields(self) == _dx_node_fields(other)
+        return NotImplemented
 
     @property
     def count(self) -> int:
@@ -894,6 +952,10 @@ class DxNode:
     def entries(self) -> list[tuple[int, int]]:
         """[(hash, block)], the first hash being 0."""
         return list(zip(self.hashes, self.blocks, strict=True))
+
+
+_dx_root_fields = attrgetter(*DxRoot.__slots__)
+_dx_node_fields = attrgetter(*DxNode.__slots__)
 
 
 def _parse_dx_entries(
@@ -991,21 +1053,31 @@ def parse_dx_node(
     return DxNode(limit, hashes, blocks)
 
 
-@dataclass(slots=True)
+# DxFrame and DxPath are records built and read here and by the writer, never
+# compared; like the dataclasses they were, they have slots, __init__ and a repr.
 class DxFrame:
     """One index block on a lookup path and the entry followed in it."""
 
-    block: int  # logical directory block (0 = root)
-    node: DxRoot | DxNode
-    index: int
+    __slots__ = ("block", "node", "index")
+
+    def __init__(self, block: int, node: DxRoot | DxNode, index: int) -> None:
+        self.block = block  # logical directory block (0 = root)
+        self.node = node
+        self.index = index
+
+    __repr__ = _repr
 
 
-@dataclass(slots=True)
 class DxPath:
     """Index frames from the root down, and the leaf block they lead to."""
 
-    frames: list[DxFrame]
-    leaf: int
+    __slots__ = ("frames", "leaf")
+
+    def __init__(self, frames: list[DxFrame], leaf: int) -> None:
+        self.frames = frames
+        self.leaf = leaf
+
+    __repr__ = _repr
 
 
 def _descend(

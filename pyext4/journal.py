@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from operator import attrgetter
 
 from . import _codecs as C
 from . import constants as K
@@ -23,26 +23,64 @@ FEATURE_NAMES = {
 }
 
 
-@dataclass
 class JournalSuperblock:
     """The fields of a jbd2 superblock that tools look at."""
 
-    blocktype: int
-    block_size: int
-    maxlen: int
-    first: int
-    sequence: int
-    start: int
-    errno: int
-    feature_compat: int
-    feature_incompat: int
-    feature_ro_compat: int
-    uuid: bytes
-    nr_users: int
-    max_transaction: int
-    checksum_type: int
-    num_fc_blocks: int
-    checksum: int
+    # A plain class rather than a dataclass, whose creation costs start-up time; it keeps
+    # the dataclass's __init__, "JournalSuperblock(blocktype=4, ...)" repr and equality by
+    # fields (unhashable), and gains __slots__ (nothing sets other attributes on it).
+    __slots__ = (
+        "blocktype", "block_size", "maxlen", "first", "sequence", "start", "errno", "feature_compat",
+        "feature_incompat", "feature_ro_compat", "uuid", "nr_users", "max_transaction", "checksum_type",
+        "num_fc_blocks", "checksum",
+    )
+
+    def __init__(
+        self,
+        blocktype: int,
+        block_size: int,
+        maxlen: int,
+        first: int,
+        sequence: int,
+        start: int,
+        errno: int,
+        feature_compat: int,
+        feature_incompat: int,
+        feature_ro_compat: int,
+        uuid: bytes,
+        nr_users: int,
+        max_transaction: int,
+        checksum_type: int,
+        num_fc_blocks: int,
+        checksum: int,
+    ) -> None:
+        self.blocktype = blocktype
+        self.block_size = block_size
+        self.maxlen = maxlen
+        self.first = first
+        self.sequence = sequence
+        self.start = start
+        self.errno = errno
+        self.feature_compat = feature_compat
+        self.feature_incompat = feature_incompat
+        self.feature_ro_compat = feature_ro_compat
+        self.uuid = uuid
+        self.nr_users = nr_users
+        self.max_transaction = max_transaction
+        self.checksum_type = checksum_type
+        self.num_fc_blocks = num_fc_blocks
+        self.checksum = checksum
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({fields})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _journal_superblock_fields(self) == _journal_superblock_fields(other)
+        return NotImplemented
 
     @property
     def features(self) -> list[str]:
@@ -61,6 +99,9 @@ class JournalSuperblock:
     def needs_replay(self) -> bool:
         """The log holds transactions (s_start != 0)."""
         return self.start != 0
+
+
+_journal_superblock_fields = attrgetter(*JournalSuperblock.__slots__)
 
 
 def parse_superblock(raw: bytes | bytearray | memoryview, *, where: str = "journal superblock") -> JournalSuperblock:

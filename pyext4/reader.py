@@ -11,7 +11,7 @@ import warnings
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from . import constants as K
@@ -64,9 +64,39 @@ class Ext4Warning(UserWarning):
 
 
 # ================================================================ values
-@dataclass(frozen=True, slots=True)
-class Stat:
+# Stat and DirEntry are plain classes rather than frozen dataclasses, whose creation
+# costs start-up time.  Each keeps what the dataclass gave it: the same __init__,
+# immutability (assigning or deleting an attribute raises AttributeError), equality
+# and hashing by fields, pickling, and a "Name(field=value, ...)" repr.
+_set = object.__setattr__
+
+
+class _Frozen:
+    """Immutability, pickling and the repr shared by Stat and DirEntry."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return type(self), tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({fields})"
+
+
+class Stat(_Frozen):
     """What stat() reports for one inode; times in ns since the epoch."""
+
+    __slots__ = (
+        "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns", "st_mtime_ns",
+        "st_ctime_ns", "st_birthtime_ns", "st_rdev", "st_blocks", "st_flags", "st_generation",
+    )
 
     st_ino: int
     st_mode: int
@@ -82,6 +112,46 @@ class Stat:
     st_blocks: int
     st_flags: int
     st_generation: int
+
+    def __init__(
+        self,
+        st_ino: int,
+        st_mode: int,
+        st_nlink: int,
+        st_uid: int,
+        st_gid: int,
+        st_size: int,
+        st_atime_ns: int,
+        st_mtime_ns: int,
+        st_ctime_ns: int,
+        st_birthtime_ns: int,
+        st_rdev: int,
+        st_blocks: int,
+        st_flags: int,
+        st_generation: int,
+    ) -> None:
+        _set(self, "st_ino", st_ino)
+        _set(self, "st_mode", st_mode)
+        _set(self, "st_nlink", st_nlink)
+        _set(self, "st_uid", st_uid)
+        _set(self, "st_gid", st_gid)
+        _set(self, "st_size", st_size)
+        _set(self, "st_atime_ns", st_atime_ns)
+        _set(self, "st_mtime_ns", st_mtime_ns)
+        _set(self, "st_ctime_ns", st_ctime_ns)
+        _set(self, "st_birthtime_ns", st_birthtime_ns)
+        _set(self, "st_rdev", st_rdev)
+        _set(self, "st_blocks", st_blocks)
+        _set(self, "st_flags", st_flags)
+        _set(self, "st_generation", st_generation)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _stat_fields(self) == _stat_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_stat_fields(self))
 
     @property
     def rdev_major(self) -> int:
@@ -117,10 +187,13 @@ class Stat:
         return self.st_size
 
     def as_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        out = {name: getattr(self, name) for name in self.__slots__}
         out["type"] = type_name(self.st_mode)
         out["rdev_major"], out["rdev_minor"] = self.rdev_major, self.rdev_minor
         return out
+
+
+_stat_fields = attrgetter(*Stat.__slots__)
 
 
 def type_name(mode: int) -> str:
@@ -130,14 +203,29 @@ def type_name(mode: int) -> str:
     }.get(mode & K.S_IFMT, "unknown")
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(_Frozen):
     """One name in a directory, like os.DirEntry: ``name`` and ``path`` are str (surrogateescape)."""
+
+    __slots__ = ("name", "path", "ino", "file_type")
 
     name: str
     path: str
     ino: int
     file_type: int  # FT_* from the directory entry (0 when the image has no filetype feature)
+
+    def __init__(self, name: str, path: str, ino: int, file_type: int) -> None:
+        _set(self, "name", name)
+        _set(self, "path", path)
+        _set(self, "ino", ino)
+        _set(self, "file_type", file_type)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _dir_entry_fields(self) == _dir_entry_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_dir_entry_fields(self))
 
     def is_dir(self) -> bool:
         return self.file_type == K.FT_DIR
@@ -153,6 +241,9 @@ class DirEntry:
 
     def __fspath__(self) -> str:
         return self.path
+
+
+_dir_entry_fields = attrgetter(*DirEntry.__slots__)
 
 
 def encode_name(name: str | bytes) -> bytes:

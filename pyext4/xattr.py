@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 from . import _codecs as C
 from . import constants as K
@@ -121,9 +122,35 @@ def encode_name(full_name: str | bytes) -> tuple[int, bytes]:
     return 0, raw
 
 
+# ----------------------------------------------------------------- values
+# The value classes below are plain classes rather than frozen dataclasses, whose
+# creation costs start-up time.  Each keeps what the dataclass gave it: the same
+# __init__, immutability (assigning or deleting an attribute raises AttributeError),
+# equality and hashing by fields, pickling, and a "Name(field=value, ...)" repr.
+_set = object.__setattr__
+
+
+class _Frozen:
+    """Immutability, pickling and the repr shared by the value classes below."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return type(self), tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__qualname__}({fields})"
+
+
 # ----------------------------------------------------------------- entries
-@dataclass(frozen=True, slots=True)
-class XattrEntry:
+class XattrEntry(_Frozen):
     """One extended attribute as stored: (name_index, name) plus either a value or an EA inode.
 
     ``value`` holds the value when it lives beside the entry; when ``value_inum`` is set the
@@ -131,23 +158,47 @@ class XattrEntry:
     ``e_hash`` is the on-disk entry hash (not part of equality).
     """
 
+    __slots__ = ("name_index", "name", "value", "value_inum", "value_size", "e_hash")
+
     name_index: int
     name: bytes
-    value: bytes = b""
-    value_inum: int = 0
-    value_size: int = -1
-    e_hash: int = field(default=0, compare=False)
+    value: bytes
+    value_inum: int
+    value_size: int
+    e_hash: int
 
-    def __post_init__(self) -> None:
-        if self.value_inum:
-            if self.value:
+    def __init__(
+        self,
+        name_index: int,
+        name: bytes,
+        value: bytes = b"",
+        value_inum: int = 0,
+        value_size: int = -1,
+        e_hash: int = 0,
+    ) -> None:
+        if value_inum:
+            if value:
                 raise InvalidOptions("an xattr entry with an EA inode carries no inline value")
-            if self.value_size < 0:
+            if value_size < 0:
                 raise InvalidOptions("an xattr entry with an EA inode needs value_size")
-        elif self.value_size < 0:
-            object.__setattr__(self, "value_size", len(self.value))
-        elif self.value_size != len(self.value):
-            raise InvalidOptions(f"value_size {self.value_size} != len(value) {len(self.value)}")
+        elif value_size < 0:
+            value_size = len(value)
+        elif value_size != len(value):
+            raise InvalidOptions(f"value_size {value_size} != len(value) {len(value)}")
+        _set(self, "name_index", name_index)
+        _set(self, "name", name)
+        _set(self, "value", value)
+        _set(self, "value_inum", value_inum)
+        _set(self, "value_size", value_size)
+        _set(self, "e_hash", e_hash)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _xattr_entry_fields(self) == _xattr_entry_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_xattr_entry_fields(self))
 
     @classmethod
     def from_name(cls, full_name: str | bytes, value: bytes) -> XattrEntry:
@@ -174,6 +225,9 @@ class XattrEntry:
     @property
     def in_ea_inode(self) -> bool:
         return self.value_inum != 0
+
+
+_xattr_entry_fields = attrgetter("name_index", "name", "value", "value_inum", "value_size")  # not e_hash
 
 
 def ea_inode_entry(name_index: int, name: bytes, value_inum: int, value_size: int, value_hash: int) -> XattrEntry:
@@ -388,14 +442,32 @@ def parse_ibody(
     return _parse_entries(buf, 4, len(buf), 4, where=where, verify_hashes=verify_hashes, allow_zero_hash=True)
 
 
-@dataclass(frozen=True, slots=True)
-class XattrBlock:
+class XattrBlock(_Frozen):
     """A parsed xattr block: header fields and entries in table order."""
+
+    __slots__ = ("refcount", "hash", "checksum", "entries")
 
     refcount: int
     hash: int
     checksum: int
     entries: tuple[XattrEntry, ...]
+
+    def __init__(self, refcount: int, hash: int, checksum: int, entries: tuple[XattrEntry, ...]) -> None:
+        _set(self, "refcount", refcount)
+        _set(self, "hash", hash)
+        _set(self, "checksum", checksum)
+        _set(self, "entries", entries)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _xattr_block_fields(self) == _xattr_block_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_xattr_block_fields(self))
+
+
+_xattr_block_fields = attrgetter(*XattrBlock.__slots__)
 
 
 def parse_block(
@@ -542,17 +614,36 @@ def build_block(entries: Sequence[XattrEntry], block_size: int, *, refcount: int
 
 
 # --------------------------------------------------------------- placement
-@dataclass(frozen=True, slots=True)
-class StoragePlan:
+class StoragePlan(_Frozen):
     """Where each attribute goes: ``ibody`` (input order), ``block`` (block order) and the keys of
     values that must move to an EA inode (replace those entries with ea_inode_entry before building)."""
+
+    __slots__ = ("ibody", "block", "ea_inode")
 
     ibody: tuple[XattrEntry, ...]
     block: tuple[XattrEntry, ...]
     ea_inode: frozenset[tuple[int, bytes]]
 
+    def __init__(
+        self, ibody: tuple[XattrEntry, ...], block: tuple[XattrEntry, ...], ea_inode: frozenset[tuple[int, bytes]]
+    ) -> None:
+        _set(self, "ibody", ibody)
+        _set(self, "block", block)
+        _set(self, "ea_inode", ea_inode)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _storage_plan_fields(self) == _storage_plan_fields(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(_storage_plan_fields(self))
+
     def needs_ea_inode(self, entry: XattrEntry) -> bool:
         return entry.key in self.ea_inode
+
+
+_storage_plan_fields = attrgetter(*StoragePlan.__slots__)
 
 
 def plan_storage(
