@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
+import marshal
 import os
 import stat as _stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from . import constants as K
 from .blockdev import FileDevice
@@ -22,8 +23,10 @@ _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr
 _PARALLEL_MIN_ENTRIES = 64
 # A directory made by a parallel extraction: (path relative to DEST, ino, inode, path shown).
 _Dir = tuple[str, int, "Inode | None", str]
-_CHUNK_ENTRIES = 32  # entries per chunk of work at least
-_CHUNKS = 1024  # chunk numbers at most: 4 KiB, what any pipe holds at once
+# An entry for a worker: (walk order, its directory's path relative to DEST, name, ino).
+_Leaf = tuple[int, str, bytes, int]
+_CHUNK_ENTRIES = 32  # entries per chunk of work
+_MESSAGE_MAX = 1 << 16  # a larger chunk (very long paths) is extracted by the walking process
 _REPORT_COUNTS = ("files", "symlinks", "hardlinks", "specials", "bytes", "skipped")
 
 
@@ -82,6 +85,7 @@ class _Extractor:
         # still moves the data inside the kernel, page cache to page cache.
         self.can_sendfile = self.img_fd >= 0 and hasattr(os, "sendfile")
         self.deferred: list[tuple[str, int, Inode, str]] = []  # directories finished at the end
+        self.root_shown = "/"  # how DEST's top is named in messages (a parallel walk sets it)
 
     # ----------------------------------------------------------- messages
     def error(self, message: str) -> None:
@@ -159,66 +163,84 @@ class _Extractor:
     def _run_parallel(self, start_ino: int, dest_fd: int, shown: str) -> None:
         """Extract with up to ``opts.jobs`` processes.
 
-        This process first makes every directory.  The other entries are then
-        shared out in chunks, taken from a pipe by forked children and by this
-        process side by side, so a share of large files does not leave the others
-        idle; every name of an inode with several names in the tree stays with
-        this process (the first name is made, the others linked to it).
-        Directories get their owners, modes and times last, deepest first.
+        This process walks the tree and makes every directory; the other entries
+        go out as they are found, in chunks, to forked workers (started once the
+        tree has proved big enough) that take them from one socket, so the work
+        balances itself and starts before the walk ends.  When the socket is
+        full, this process extracts the chunk itself; after the walk it takes
+        chunks too.  An entry whose inode has several names is left to this
+        process, which makes all of them at the end in walk order (the first is
+        created, the others linked to it).  Directories get their owners, modes,
+        xattrs and times last, deepest first.
         """
         self.root_fd = dest_fd
+        self.root_shown = shown
         dirs: list[_Dir] = [("", start_ino, None, shown)]  # the root, then every directory made, pre-order
-        leaves: list[tuple[int, bytes, int]] = []  # (index in dirs, name, ino)
+        pool = _Pool(self, self.opts.jobs)
+        chunk: list[_Leaf] = []
+        seq = 0
         stack: list[tuple[int, int, Iterator[tuple[bytes, int, int]]]] = []
         stack.append((0, dest_fd, iter(self.fs.dir_entries(start_ino))))
         visited = {start_ino}
         try:
-            while stack:
-                index, dfd, entries = stack[-1]
-                nxt = next(entries, None)
-                if nxt is None:
-                    stack.pop()
+            try:
+                while stack:
+                    index, dfd, entries = stack[-1]
+                    nxt = next(entries, None)
+                    if nxt is None:
+                        stack.pop()
+                        if index:
+                            os.close(dfd)
+                        continue
+                    name, child, ft = nxt
+                    rel_dir = dirs[index][0]
+                    if not _safe_name(name):
+                        self.error(f"{self._shown(rel_dir, name)!r}: unsafe name refused (inode {child})")
+                        continue
+                    if ft != K.FT_DIR and ft != K.FT_UNKNOWN:
+                        chunk.append((seq, rel_dir, name, child))
+                        seq += 1
+                        if len(chunk) >= _CHUNK_ENTRIES:
+                            pool.submit(chunk)
+                            chunk = []
+                        continue
+                    try:
+                        inode = self.fs.inode(child)
+                        if not inode.is_dir():
+                            chunk.append((seq, rel_dir, name, child))
+                            seq += 1
+                            continue
+                        shown_child = self._shown(rel_dir, name)
+                        if child in visited:
+                            self.error(f"{shown_child}: directory inode {child} appears twice (cycle); skipped")
+                            continue
+                        visited.add(child)
+                        try:
+                            children: list[tuple[bytes, int, int]] = self.fs.dir_entries(child, inode)
+                        except Ext4Error as exc:
+                            self.error(f"{shown_child}: contents not extracted: {exc}")
+                            children = []
+                        cfd = self._make_dir(dfd, name, shown_child)
+                        if cfd < 0:
+                            continue
+                        self.report.directories += 1
+                        dirs.append(((rel_dir + "/" if rel_dir else "") + decode_name(name), child, inode, shown_child))
+                        stack.append((len(dirs) - 1, cfd, iter(children)))
+                    except Ext4Error as exc:
+                        self.error(f"{self._shown(rel_dir, name)}: {exc}")
+                    except OSError as exc:
+                        self.error(f"{self._shown(rel_dir, name)}: {exc.strerror or exc}")
+            finally:
+                for index, dfd, _ in stack:
                     if index:
                         os.close(dfd)
-                    continue
-                name, child, ft = nxt
-                if not _safe_name(name):
-                    self.error(f"{self._shown(dirs, index, name)!r}: unsafe name refused (inode {child})")
-                    continue
-                if ft != K.FT_DIR and ft != K.FT_UNKNOWN:
-                    leaves.append((index, name, child))
-                    continue
-                try:
-                    inode = self.fs.inode(child)
-                    if not inode.is_dir():
-                        leaves.append((index, name, child))
-                        continue
-                    shown_child = self._shown(dirs, index, name)
-                    if child in visited:
-                        self.error(f"{shown_child}: directory inode {child} appears twice (cycle); skipped")
-                        continue
-                    visited.add(child)
-                    try:
-                        children: list[tuple[bytes, int, int]] = self.fs.dir_entries(child, inode)
-                    except Ext4Error as exc:
-                        self.error(f"{shown_child}: contents not extracted: {exc}")
-                        children = []
-                    cfd = self._make_dir(dfd, name, shown_child)
-                    if cfd < 0:
-                        continue
-                    self.report.directories += 1
-                    rel_dir = dirs[index][0]
-                    dirs.append(((rel_dir + "/" if rel_dir else "") + decode_name(name), child, inode, shown_child))
-                    stack.append((len(dirs) - 1, cfd, iter(children)))
-                except Ext4Error as exc:
-                    self.error(f"{self._shown(dirs, index, name)}: {exc}")
-                except OSError as exc:
-                    self.error(f"{self._shown(dirs, index, name)}: {exc.strerror or exc}")
+            if chunk:
+                pool.submit(chunk)
+            linked = pool.finish()
         finally:
-            for index, dfd, _ in stack:
-                if index:
-                    os.close(dfd)
-        self._share_leaves(dirs, leaves)
+            pool.stop()
+        linked.sort()  # walk order: the first name of each inode comes first
+        self._extract_chunk(linked, defer_linked=False)
         for rel, ino, dir_inode, shown_dir in reversed(dirs[1:]):  # children before their parents
             assert dir_inode is not None
             try:
@@ -235,134 +257,47 @@ class _Extractor:
             finally:
                 os.close(fd)
 
-    @staticmethod
-    def _shown(dirs: list[_Dir], index: int, name: bytes) -> str:
-        return dirs[index][3].rstrip("/") + "/" + decode_name(name)
+    def _shown(self, rel_dir: str, name: bytes) -> str:
+        """How an entry of the directory ``rel_dir`` (relative to DEST) is named in messages."""
+        return self.root_shown.rstrip("/") + "/" + (rel_dir + "/" if rel_dir else "") + decode_name(name)
 
-    def _share_leaves(self, dirs: list[_Dir], leaves: list[tuple[int, bytes, int]]) -> None:
-        """Extract ``leaves`` with this process and up to ``opts.jobs - 1`` forked children."""
-        jobs = min(self.opts.jobs, max(1, len(leaves) // _PARALLEL_MIN_ENTRIES))
-        if jobs == 1:
-            self._extract_leaves(dirs, leaves)
-            return
-        seen: set[int] = set()
-        linked: set[int] = set()
-        for _, _, ino in leaves:
-            if ino in seen:
-                linked.add(ino)
-            seen.add(ino)
-        pinned = [leaf for leaf in leaves if leaf[2] in linked]
-        rest = [leaf for leaf in leaves if leaf[2] not in linked] if linked else leaves
-        # At most _CHUNKS chunk numbers (4 bytes each), so that all of them fit in the pipe at once.
-        size = max(_CHUNK_ENTRIES, -(-len(rest) // _CHUNKS))
-        chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
-        rfd, wfd = os.pipe()
-        workers: list[tuple[int, int]] = []
+    def _extract_chunk(self, leaves: list[_Leaf], *, defer_linked: bool = True) -> list[_Leaf]:
+        """Extract non-directory entries into the directories already made.  With
+        ``defer_linked``, an entry whose inode has several names is not made but
+        returned, for this process to make at the end with the others."""
+        linked: list[_Leaf] = []
+        current, dfd = "", self.root_fd
         try:
-            try:
-                os.write(wfd, b"".join(k.to_bytes(4, "little") for k in range(len(chunks))))
-            finally:
-                os.close(wfd)
-            for _ in range(jobs - 1):
+            for leaf in leaves:
+                _, rel_dir, name, ino = leaf
                 try:
-                    workers.append(self._fork_worker(dirs, chunks, rfd))
-                except OSError:  # no process to be had (EAGAIN, ENOMEM): this one does the rest
-                    break
-            self._extract_leaves(dirs, pinned)
-            self._extract_leaves(dirs, _taken(chunks, rfd))
-            while workers:
-                self._merge_share(*workers.pop(0))
-        finally:
-            os.close(rfd)
-            for pid, report_fd in workers:  # this process failed: stop the others
-                _kill_share(pid, report_fd)
-
-    def _extract_leaves(self, dirs: list[_Dir], leaves: Iterable[tuple[int, bytes, int]]) -> None:
-        """Extract non-directory entries into the directories already made (``dirs[index]``)."""
-        current, dfd = 0, self.root_fd
-        try:
-            for index, name, ino in leaves:
-                rel_dir, _, _, shown_dir = dirs[index]
-                shown = shown_dir.rstrip("/") + "/" + decode_name(name)
-                try:
-                    if index != current:
+                    if rel_dir != current:
                         if current:
                             os.close(dfd)
-                        current, dfd = 0, self.root_fd
-                        if index:
+                        current, dfd = "", self.root_fd
+                        if rel_dir:
                             dfd = self._open_rel(rel_dir)
-                        current = index
+                        current = rel_dir
                     inode = self.fs.inode(ino)
                     if inode.is_dir():  # the entry's file type said otherwise: a damaged image
-                        self.error(f"{shown}: entry's file type does not match directory inode {ino}; skipped")
+                        self.error(f"{self._shown(rel_dir, name)}: entry's file type does not match "
+                                   f"directory inode {ino}; skipped")
+                        continue
+                    if defer_linked and inode.links_count > 1:
+                        linked.append(leaf)
                         continue
                     rel = (rel_dir + "/" if rel_dir else "") + decode_name(name)
-                    self._extract_leaf(dfd, name, ino, inode, shown, rel)
+                    self._extract_leaf(dfd, name, ino, inode, self._shown(rel_dir, name), rel)
                 except UnsafePath as exc:
                     self.error(str(exc))
                 except Ext4Error as exc:
-                    self.error(f"{shown}: {exc}")
+                    self.error(f"{self._shown(rel_dir, name)}: {exc}")
                 except OSError as exc:
-                    self.error(f"{shown}: {exc.strerror or exc}")
+                    self.error(f"{self._shown(rel_dir, name)}: {exc.strerror or exc}")
         finally:
             if current:
                 os.close(dfd)
-
-    def _fork_worker(self, dirs: list[_Dir], chunks: list[list[tuple[int, bytes, int]]],
-                     chunk_fd: int) -> tuple[int, int]:
-        """Fork a child that extracts the chunks it takes from ``chunk_fd`` and sends back its
-        report; returns (pid, the report's read end)."""
-        rfd, wfd = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(rfd)
-            os.close(wfd)
-            raise
-        if pid == 0:  # the child: never returns into the caller's code
-            status = 1
-            try:
-                os.close(rfd)
-                self.report = ExtractReport()
-                self.on_message = None
-                self._extract_leaves(dirs, _taken(chunks, chunk_fd))
-                data = {k: getattr(self.report, k) for k in _REPORT_COUNTS}
-                data["errors"] = self.report.errors
-                data["warnings"] = self.report.warnings
-                view = memoryview(json.dumps(data).encode())
-                while view:
-                    view = view[os.write(wfd, view):]
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(wfd)
-        return pid, rfd
-
-    def _merge_share(self, pid: int, rfd: int) -> None:
-        """Wait for a child's report and add it to ours (its messages are passed on now)."""
-        chunks = []
-        try:
-            while True:
-                chunk = os.read(rfd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        finally:
-            os.close(rfd)
-            _, status = os.waitpid(pid, 0)
-        try:
-            data = json.loads(b"".join(chunks)) if os.waitstatus_to_exitcode(status) == 0 else None
-        except ValueError:
-            data = None
-        if data is None:
-            self.error(f"an extraction worker (pid {pid}) failed; part of the tree may be missing")
-            return
-        for key in _REPORT_COUNTS:
-            setattr(self.report, key, getattr(self.report, key) + int(data[key]))
-        for message in data["errors"]:
-            self.error(message)
-        for message in data["warnings"]:
-            self.warn(message)
+        return linked
 
     # ---------------------------------------------------- deferred directories
     def _defer(self, inode: Inode) -> bool:
@@ -611,14 +546,155 @@ class _Extractor:
 _IBODY_MAGIC = K.XATTR_MAGIC.to_bytes(4, "little")
 
 
-def _taken(chunks: list[list[tuple[int, bytes, int]]], chunk_fd: int) -> Iterator[tuple[int, bytes, int]]:
-    """The entries of every chunk this process takes from the pipe (a 4-byte chunk number per read:
-    a read of 4 bytes from a pipe holding only whole numbers is never split between readers)."""
-    while True:
-        raw = os.read(chunk_fd, 4)
-        if len(raw) < 4:
+class _Pool:
+    """Forked extraction workers fed with chunks of entries through one SOCK_SEQPACKET socket
+    (every message is one chunk, so workers reading the same socket never split one)."""
+
+    def __init__(self, ex: _Extractor, jobs: int) -> None:
+        self.ex = ex
+        self.jobs = jobs
+        self.pending: list[list[_Leaf]] = []  # chunks before the workers are started
+        self.pending_entries = 0
+        self.workers: list[tuple[int, int]] = []  # (pid, read end of its report pipe)
+        self.sock: tuple[Any, Any] | None = None  # (this process's end, the workers' end)
+        self.linked: list[_Leaf] = []
+
+    def submit(self, chunk: list[_Leaf]) -> None:
+        """Hand a chunk to a worker, or extract it here when none can take it now."""
+        if self.sock is None:
+            self.pending.append(chunk)
+            self.pending_entries += len(chunk)
+            if self.jobs > 1 and self.pending_entries >= _PARALLEL_MIN_ENTRIES and _can_fork():
+                self._start()
             return
-        yield from chunks[int.from_bytes(raw, "little")]
+        if self.workers:
+            data = marshal.dumps(chunk)
+            if len(data) <= _MESSAGE_MAX:
+                try:
+                    self.sock[0].send(data, _socket().MSG_DONTWAIT)
+                    return
+                except OSError:  # full (EAGAIN), or no room for so large a message: do it here
+                    pass
+        self.linked += self.ex._extract_chunk(chunk)
+
+    def _start(self) -> None:
+        socket = _socket()
+        self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for _ in range(self.jobs - 1):
+            try:
+                self.workers.append(self._fork())
+            except OSError:  # no process to be had (EAGAIN, ENOMEM): fewer workers
+                break
+        pending, self.pending = self.pending, []
+        for chunk in pending:
+            self.submit(chunk)
+
+    def _fork(self) -> tuple[int, int]:
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        if pid == 0:  # the child: never returns into the caller's code
+            status = 1
+            try:
+                os.close(rfd)
+                assert self.sock is not None
+                self.sock[0].close()
+                for _, other in self.workers:  # earlier workers' report pipes
+                    os.close(other)
+                ex = self.ex
+                ex.report = ExtractReport()
+                ex.on_message = None
+                linked: list[_Leaf] = []
+                while True:
+                    data = self.sock[1].recv(_MESSAGE_MAX)
+                    if not data:
+                        break
+                    linked += ex._extract_chunk(marshal.loads(data))
+                counts = {k: getattr(ex.report, k) for k in _REPORT_COUNTS}
+                view = memoryview(marshal.dumps((counts, ex.report.errors, ex.report.warnings, linked)))
+                while view:
+                    view = view[os.write(wfd, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        return pid, rfd
+
+    def finish(self) -> list[_Leaf]:
+        """After the walk: take the chunks left (with the workers), collect the workers' reports;
+        returns the entries with several names, to be made by this process."""
+        ex = self.ex
+        for chunk in self.pending:  # never started: a small tree
+            self.linked += ex._extract_chunk(chunk)
+        self.pending = []
+        if self.sock is not None:
+            mine, theirs = self.sock
+            mine.shutdown(_socket().SHUT_WR)  # the workers see the end once the socket is empty
+            while True:
+                data = theirs.recv(_MESSAGE_MAX)
+                if not data:
+                    break
+                self.linked += ex._extract_chunk(marshal.loads(data))
+            while self.workers:
+                pid, rfd = self.workers.pop(0)
+                self.linked += self._merge(pid, rfd)
+        return self.linked
+
+    def _merge(self, pid: int, rfd: int) -> list[_Leaf]:
+        """Wait for a worker's report and add it to ours (its messages are passed on now)."""
+        ex = self.ex
+        chunks = []
+        try:
+            while True:
+                chunk = os.read(rfd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(rfd)
+            _, status = os.waitpid(pid, 0)
+        try:
+            data = marshal.loads(b"".join(chunks)) if os.waitstatus_to_exitcode(status) == 0 else None
+        except (ValueError, EOFError, TypeError):
+            data = None
+        if data is None:
+            ex.error(f"an extraction worker (pid {pid}) failed; part of the tree may be missing")
+            return []
+        counts, errors, warnings, linked = data
+        for key in _REPORT_COUNTS:
+            setattr(ex.report, key, getattr(ex.report, key) + int(counts[key]))
+        for message in errors:
+            ex.error(message)
+        for message in warnings:
+            ex.warn(message)
+        return list(linked)
+
+    def stop(self) -> None:
+        """Close the socket; kill the workers still there (this process failed half-way)."""
+        import signal
+
+        for pid, rfd in self.workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.close(rfd)
+            os.waitpid(pid, 0)
+        self.workers = []
+        if self.sock is not None:
+            for end in self.sock:
+                end.close()
+            self.sock = None
+
+
+def _socket() -> Any:
+    import socket
+
+    return socket
 
 
 def default_jobs() -> int:
@@ -633,17 +709,6 @@ def _can_fork() -> bool:
     import threading
 
     return hasattr(os, "fork") and threading.active_count() == 1
-
-
-def _kill_share(pid: int, rfd: int) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    os.close(rfd)
-    os.waitpid(pid, 0)
 
 
 def extract(
@@ -666,7 +731,9 @@ def extract(
     existing files are kept unless ``overwrite``.  Per-entry problems land in the
     report; raises Ext4Error/OSError only when nothing can be done.  ``jobs`` > 1
     shares a large tree's files among that many processes (forked; only when the
-    caller runs no other thread); directories are made first and finished last.
+    caller runs no other thread); then the directories are made first, the other
+    entries after, and a directory and a non-directory of the same name (a damaged
+    image) leave the directory.
     """
     is_root = os.geteuid() == 0
     opts = ExtractOptions(

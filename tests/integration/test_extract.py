@@ -193,24 +193,20 @@ def test_parallel_workers_share_the_tree(jobs: int, tmp_path: Path, monkeypatch:
     image = tmp_path / "img.img"
     mke2fs(image, "-t", "ext4", size="16M", root=str(src))
     parent = os.getpid()
-    real_leaves = extract_mod._Extractor._extract_leaves
+    real_chunk = extract_mod._Extractor._extract_chunk
+    first_call = [True]
 
-    def leaves(self: Any, dirs: Any, share: Any) -> None:
-        done = 0
-
-        def counted() -> Any:
-            nonlocal done
-            for leaf in share:
-                done += 1
-                yield leaf
-
+    def chunk(self: Any, leaves: Any, **kw: Any) -> Any:
         if os.getpid() == parent:
-            time.sleep(0.2)  # let the child take chunks before this process takes them all
-        real_leaves(self, dirs, counted())
-        if os.getpid() != parent:  # tell the parent, through a file, how much a child did
-            (tmp_path / f"child-{os.getpid()}").write_text(str(done))
+            if first_call[0]:  # let the child take chunks before this process takes them all
+                first_call[0] = False
+                time.sleep(0.2)
+        else:  # tell the parent, through a file, how much a child did
+            with open(tmp_path / f"child-{os.getpid()}", "a") as f:
+                f.write(f"{len(leaves)}\n")
+        return real_chunk(self, leaves, **kw)
 
-    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", leaves)
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_chunk", chunk)
     with Filesystem.open(image) as fs:
         report = extract(fs, tmp_path / "dest")
     assert not report.errors, report.errors
@@ -222,14 +218,14 @@ def test_parallel_workers_share_the_tree(jobs: int, tmp_path: Path, monkeypatch:
     assert len(children) == jobs - 1
     if jobs == 1:
         return
-    assert int(children[0].read_text()) > 0  # the child extracted some of the files
+    assert sum(int(n) for n in children[0].read_text().split()) > 0  # the child extracted some files
 
-    def dying(self: Any, dirs: Any, share: Any) -> None:
+    def dying(self: Any, leaves: Any, **kw: Any) -> Any:
         if os.getpid() != parent:
             os._exit(3)
-        real_leaves(self, dirs, share)
+        return real_chunk(self, leaves, **kw)
 
-    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", dying)
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_chunk", dying)
     with Filesystem.open(image) as fs:
         report = extract(fs, tmp_path / "dest2")
     assert any("extraction worker" in e and "failed" in e for e in report.errors), report.errors
@@ -237,8 +233,8 @@ def test_parallel_workers_share_the_tree(jobs: int, tmp_path: Path, monkeypatch:
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(extract_mod._Extractor, "_extract_leaves", real_leaves)
-    monkeypatch.setattr(os, "fork", no_fork)  # no process to be had: this one does every share
+    monkeypatch.setattr(extract_mod._Extractor, "_extract_chunk", real_chunk)
+    monkeypatch.setattr(os, "fork", no_fork)  # no process to be had: this one does everything
     with Filesystem.open(image) as fs:
         report = extract(fs, tmp_path / "dest3")
     assert not report.errors and report.files == 200
