@@ -204,12 +204,13 @@ class RangeSet:
 
     def find_free_run(self, start: int, finish: int, length: int) -> int:
         """Smallest b in ``[start, finish)`` with ``[b, b + length)`` free, or -1."""
+        starts, ends = self._starts, self._ends
         b = start
         while b < finish:
-            rng = self.next_used(b)
-            if rng is None or rng[0] >= b + length:
+            i = bisect_right(ends, b)  # the first range ending after b
+            if i == len(starts) or starts[i] >= b + length:
                 return b
-            b = max(b + 1, rng[1]) if rng[0] <= b else rng[1]
+            b = ends[i]  # past the range in the way (it ends after b, so this always advances)
         return -1
 
     def count_in(self, start: int, end: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Sequence
 from typing import Protocol
 
 from .errors import Ext4Error, TruncatedError
@@ -55,6 +56,15 @@ class _Fallocate:
             return False
         rc = cls._fn(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)  # type: ignore[operator]
         return bool(rc == 0)
+
+
+def _iov_max() -> int:
+    """How many buffers one pwritev may take."""
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover
+        value = -1
+    return value if value > 0 else 16  # POSIX's minimum
 
 
 class FileDevice:
@@ -116,6 +126,23 @@ class FileDevice:
         self.bytes_written += done
         if offset + done > self.size and self.is_regular:
             self.size = offset + done
+
+    def pwritev(self, offset: int, buffers: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write ``buffers`` back to back from ``offset``, without joining them first."""
+        if not hasattr(os, "pwritev"):  # pragma: no cover - every supported host has it
+            self.pwrite(offset, b"".join(buffers))
+            return
+        step = _iov_max()
+        for i in range(0, len(buffers), step):
+            chunk = buffers[i : i + step]
+            length = sum(map(len, chunk))
+            done = os.pwritev(self.fd, chunk, offset)
+            self.bytes_written += done
+            if done < length:  # a short write: the rest plainly
+                self.pwrite(offset + done, b"".join(chunk)[done:])
+            offset += length
+        if offset > self.size and self.is_regular:
+            self.size = offset
 
     def zero_range(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeroes: punch a hole, else write zeroes."""

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import struct
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 _U32 = struct.Struct("<I")
@@ -59,6 +60,7 @@ def crc32c_raw(seed: int, data: bytes | bytearray | memoryview) -> int:
     return _crc32c(data, seed ^ 0xFFFFFFFF) ^ 0xFFFFFFFF  # type: ignore[no-any-return]
 
 
+@cache  # built on first use: only uninit_bg descriptors need it, and building it costs start-up time
 def _crc16_table() -> tuple[int, ...]:
     table = []
     for i in range(256):
@@ -69,12 +71,9 @@ def _crc16_table() -> tuple[int, ...]:
     return tuple(table)
 
 
-_CRC16_TABLE = _crc16_table()
-
-
 def crc16(crc: int, data: bytes | bytearray | memoryview) -> int:
     """CRC-16 (poly 0x8005, reflected) as e2fsprogs' ext2fs_crc16 computes it."""
-    table = _CRC16_TABLE
+    table = _crc16_table()
     for byte in bytes(data):
         crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc & 0xFFFF

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bisect import bisect_left
 from functools import cached_property
 
 from .errors import CorruptError
@@ -25,48 +25,97 @@ def sparse_backup_groups(group_count: int) -> list[int]:
     return sorted(g for g in groups if g < group_count)
 
 
-@dataclass(frozen=True)
+# Plain classes rather than dataclasses: the mkfs command imports this module at start-up,
+# and creating each dataclass costs a fraction of a millisecond.
 class SuperAndDesc:
     """What sits at the start of one group (block numbers, 0 when absent)."""
 
-    super_block: int
-    old_desc_block: int
-    old_desc_blocks: int
-    new_desc_block: int
-    used: int  # blocks taken by superblock + descriptors (+ reserved GDT)
+    __slots__ = ("super_block", "old_desc_block", "old_desc_blocks", "new_desc_block", "used")
+
+    def __init__(
+        self, super_block: int, old_desc_block: int, old_desc_blocks: int, new_desc_block: int, used: int
+    ) -> None:
+        self.super_block = super_block
+        self.old_desc_block = old_desc_block
+        self.old_desc_blocks = old_desc_blocks
+        self.new_desc_block = new_desc_block
+        self.used = used  # blocks taken by superblock + descriptors (+ reserved GDT)
+
+    def _key(self) -> tuple[int, ...]:
+        return (self.super_block, self.old_desc_block, self.old_desc_blocks, self.new_desc_block, self.used)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SuperAndDesc) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "SuperAndDesc(super_block={}, old_desc_block={}, old_desc_blocks={}, new_desc_block={}, used={})".format(
+            *self._key()
+        )
 
 
-@dataclass
 class Geometry:
     """The numbers that fix where everything is; built from a superblock or by mkfs."""
 
-    block_size: int
-    blocks_count: int
-    first_data_block: int
-    blocks_per_group: int
-    inodes_per_group: int
-    inode_size: int
-    desc_size: int
-    reserved_gdt_blocks: int = 0
-    sparse_super: bool = True
-    sparse_super2: bool = False
-    backup_bgs: tuple[int, int] = (0, 0)
-    meta_bg: bool = False
-    first_meta_bg: int = 0
-    log_groups_per_flex: int = 0
-    flex_bg: bool = False
-    _backups: frozenset[int] = field(default=frozenset(), init=False, repr=False)
+    _FIELDS = (  # what equality and repr cover
+        "block_size", "blocks_count", "first_data_block", "blocks_per_group", "inodes_per_group", "inode_size",
+        "desc_size", "reserved_gdt_blocks", "sparse_super", "sparse_super2", "backup_bgs", "meta_bg",
+        "first_meta_bg", "log_groups_per_flex", "flex_bg",
+    )
 
-    def __post_init__(self) -> None:
-        if self.blocks_per_group <= 0 or self.inodes_per_group <= 0:
+    def __init__(
+        self,
+        block_size: int,
+        blocks_count: int,
+        first_data_block: int,
+        blocks_per_group: int,
+        inodes_per_group: int,
+        inode_size: int,
+        desc_size: int,
+        reserved_gdt_blocks: int = 0,
+        sparse_super: bool = True,
+        sparse_super2: bool = False,
+        backup_bgs: tuple[int, int] = (0, 0),
+        meta_bg: bool = False,
+        first_meta_bg: int = 0,
+        log_groups_per_flex: int = 0,
+        flex_bg: bool = False,
+    ) -> None:
+        self.block_size = block_size
+        self.blocks_count = blocks_count
+        self.first_data_block = first_data_block
+        self.blocks_per_group = blocks_per_group
+        self.inodes_per_group = inodes_per_group
+        self.inode_size = inode_size
+        self.desc_size = desc_size
+        self.reserved_gdt_blocks = reserved_gdt_blocks
+        self.sparse_super = sparse_super
+        self.sparse_super2 = sparse_super2
+        self.backup_bgs = backup_bgs
+        self.meta_bg = meta_bg
+        self.first_meta_bg = first_meta_bg
+        self.log_groups_per_flex = log_groups_per_flex
+        self.flex_bg = flex_bg
+        if blocks_per_group <= 0 or inodes_per_group <= 0:
             raise CorruptError("zero blocks or inodes per group", where="superblock")
-        if self.sparse_super2:
-            backups = {0} | {g for g in self.backup_bgs if g}
-        elif self.sparse_super:
+        if sparse_super2:
+            backups = {0} | {g for g in backup_bgs if g}
+        elif sparse_super:
             backups = set(sparse_backup_groups(self.group_count))
         else:
             backups = set(range(self.group_count))
-        object.__setattr__(self, "_backups", frozenset(backups))
+        self._backups = frozenset(backups)
+        self._backup_list = sorted(g for g in backups if g < self.group_count)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Geometry) and all(getattr(self, n) == getattr(other, n) for n in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return "Geometry(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._FIELDS) + ")"
 
     # ------------------------------------------------------------ counts
     @cached_property
@@ -139,7 +188,12 @@ class Geometry:
 
     @property
     def backup_groups(self) -> list[int]:
-        return sorted(g for g in self._backups if g < self.group_count)
+        return list(self._backup_list)
+
+    def backup_groups_in(self, start: int, end: int) -> list[int]:
+        """The backup groups in ``[start, end)``, in increasing order."""
+        backups = self._backup_list
+        return backups[bisect_left(backups, start) : bisect_left(backups, end)]
 
     def super_and_desc(self, group: int) -> SuperAndDesc:
         """Locations of the superblock copy and descriptor blocks at the start of ``group``.

@@ -17,8 +17,7 @@ import sys
 import time as _time
 import uuid as _uuid
 from array import array
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import _codecs as C
@@ -26,6 +25,7 @@ from . import constants as K
 from .bitmap import Bitmap, RangeSet
 from .blockdev import Device, FileDevice
 from .csum import (
+    _crc32c,
     bitmap_csum,
     crc32c_raw,
     dir_block_csum,
@@ -50,6 +50,8 @@ SUPPORTED_FEATURES = frozenset(DEFAULT_FEATURES) | {
 }
 MAX_32 = (1 << 32) - 1
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_Buffer = bytes | bytearray | memoryview
 
 
 # ================================================================ options
@@ -119,37 +121,68 @@ def _check_uuid(value: str | bytes | _uuid.UUID | None, what: str) -> bytes | No
         raise InvalidOptions(f"invalid {what} {text!r}") from None
 
 
-@dataclass
+# Plain classes rather than dataclasses in this module: it is on the mkfs command's start-up
+# path, and creating each dataclass costs a fraction of a millisecond.
 class MkfsOptions:
     """Validated mkfs parameters (sizes in bytes, times in seconds)."""
 
-    size: int
-    block_size: int = 4096
-    inode_size: int = 256
-    inode_ratio: int = 16384
-    inodes: int | None = None
-    features: set[str] = field(default_factory=lambda: set(DEFAULT_FEATURES))
-    label: str = ""
-    uuid: bytes = bytes(16)
-    hash_seed: bytes = bytes(16)
-    root_owner: tuple[int, int] = (0, 0)
-    journal_blocks: int | None = None
-    now: int = 0
-    reserved_ratio: float = 5.0
-    flex_bg_size: int = 16
-    hash_alg: int = K.HASH_HALF_MD4
-    itable_zeroed: bool = True
+    def __init__(
+        self,
+        size: int,
+        block_size: int = 4096,
+        inode_size: int = 256,
+        inode_ratio: int = 16384,
+        inodes: int | None = None,
+        features: set[str] | None = None,
+        label: str = "",
+        uuid: bytes = bytes(16),
+        hash_seed: bytes = bytes(16),
+        root_owner: tuple[int, int] = (0, 0),
+        journal_blocks: int | None = None,
+        now: int = 0,
+        reserved_ratio: float = 5.0,
+        flex_bg_size: int = 16,
+        hash_alg: int = K.HASH_HALF_MD4,
+        itable_zeroed: bool = True,
+    ) -> None:
+        self.size = size
+        self.block_size = block_size
+        self.inode_size = inode_size
+        self.inode_ratio = inode_ratio
+        self.inodes = inodes
+        self.features = set(DEFAULT_FEATURES) if features is None else features
+        self.label = label
+        self.uuid = uuid
+        self.hash_seed = hash_seed
+        self.root_owner = root_owner
+        self.journal_blocks = journal_blocks
+        self.now = now
+        self.reserved_ratio = reserved_ratio
+        self.flex_bg_size = flex_bg_size
+        self.hash_alg = hash_alg
+        self.itable_zeroed = itable_zeroed
+
+    def __repr__(self) -> str:
+        return "MkfsOptions(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
 
 
 # ================================================================== plan
-@dataclass
 class FlexShape:
     """Table placement of one flex group, relative to its first group and first block."""
 
-    tables: list[tuple[int, int, int]]
-    used: RangeSet  # backups + tables
-    table_blocks_in: dict[int, int]  # relative group -> table blocks located in it
-    touched: set[int]  # relative groups whose BLOCK_UNINIT the allocation clears
+    __slots__ = ("tables", "used", "table_blocks_in", "touched", "block_bitmaps", "inode_bitmaps", "inode_tables")
+
+    def __init__(
+        self, tables: list[tuple[int, int, int]], used: RangeSet, table_blocks_in: dict[int, int], touched: set[int]
+    ) -> None:
+        self.tables = tables
+        self.used = used  # backups + tables
+        self.table_blocks_in = table_blocks_in  # relative group -> table blocks located in it
+        self.touched = touched  # relative groups whose BLOCK_UNINIT the allocation clears
+        # The same locations column by column, for filling a descriptor block field by field.
+        self.block_bitmaps = [bb for bb, _, _ in tables]
+        self.inode_bitmaps = [ib for _, ib, _ in tables]
+        self.inode_tables = [it for _, _, it in tables]
 
 
 class FlexAlloc:
@@ -178,36 +211,44 @@ class FlexAlloc:
         return (group - self.first_group) in self.shape.touched
 
 
-@dataclass
 class Plan:
     """Everything mkfs decided; the writer only encodes it."""
 
-    opts: MkfsOptions
-    geo: Geometry
-    sb: Superblock
-    features: set[str]
-    csum: bool  # group descriptors carry checksums (uninit flags in use)
-    metadata_csum: bool
-    seed: int
-    extra: RangeSet  # blocks allocated after the tables (dirs, resize, journal)
-    extra_by_group: dict[int, int]
-    uninit_cleared: set[int]  # groups that lost BLOCK_UNINIT through extra allocations
-    root_block: int
-    lpf_blocks: list[int]
-    lpf_ino: int
-    resize_dind: int
-    journal_extents: list[tuple[int, int, int]]  # (logical, physical, length)
-    journal_index_block: int
-    journal_blocks: int
-    inode_usage: dict[int, tuple[int, int, int]]  # group -> (inodes used, dirs, itable_unused)
-    flex_cache: dict[int, FlexAlloc] = field(default_factory=dict)
-    shape_cache: dict[tuple[Any, ...], FlexShape] = field(default_factory=dict)
+    def __init__(
+        self,
+        opts: MkfsOptions,
+        geo: Geometry,
+        sb: Superblock,
+        features: set[str],
+        csum: bool,
+        metadata_csum: bool,
+        seed: int,
+        journal_blocks: int,
+    ) -> None:
+        self.opts = opts
+        self.geo = geo
+        self.sb = sb
+        self.features = features
+        self.csum = csum  # group descriptors carry checksums (uninit flags in use)
+        self.metadata_csum = metadata_csum
+        self.seed = seed
+        self.extra = RangeSet()  # blocks allocated after the tables (dirs, resize, journal)
+        self.extra_by_group: dict[int, int] = {}
+        self.uninit_cleared: set[int] = set()  # groups that lost BLOCK_UNINIT through extra allocations
+        self.root_block = 0
+        self.lpf_blocks: list[int] = []
+        self.lpf_ino = K.GOOD_OLD_FIRST_INO
+        self.resize_dind = 0
+        self.journal_extents: list[tuple[int, int, int]] = []  # (logical, physical, length)
+        self.journal_index_block = 0
+        self.journal_blocks = journal_blocks
+        self.journal_iblock = bytes(60)  # the journal inode's i_block (copied into s_jnl_blocks)
+        self.inode_usage: dict[int, tuple[int, int, int]] = {}  # group -> (inodes used, dirs, itable_unused)
+        self.flex_cache: dict[int, FlexAlloc] = {}
+        self.shape_cache: dict[tuple[Any, ...], FlexShape] = {}
+        self.groups_per_flex = geo.groups_per_flex if geo.log_groups_per_flex else 1
 
     # ------------------------------------------------------------ queries
-    @property
-    def groups_per_flex(self) -> int:
-        return self.geo.groups_per_flex if self.geo.log_groups_per_flex else 1
-
     def flex(self, group: int) -> FlexAlloc:
         index = group // self.groups_per_flex
         alloc = self.flex_cache.get(index)
@@ -244,7 +285,9 @@ def _get_free_blocks(geo: Geometry, used: RangeSet, start: int, finish: int, num
         start = geo.first_data_block
     if finish <= start:
         finish = geo.blocks_count
-    limit = min(finish, geo.blocks_count - num + 1)
+    limit = geo.blocks_count - num + 1
+    if finish < limit:
+        limit = finish
     if start >= limit:
         return -1
     return used.find_free_run(start, limit, num)
@@ -257,10 +300,8 @@ def _flex_signature(geo: Geometry, flex_index: int, flex_size: int) -> tuple[Any
     if last >= geo.group_count - 2:
         return None  # the end of the filesystem: compute it directly
     base = geo.group_first_block(first)
-    runs = []
-    for g in range(first, last + 2):
-        if geo.has_super(g) or geo.meta_bg:
-            runs.append((g - first, tuple((s - base, n) for s, n in _backup_used(geo, g))))
+    groups = range(first, last + 2) if geo.meta_bg else geo.backup_groups_in(first, last + 2)
+    runs = [(g - first, tuple((s - base, n) for s, n in _backup_used(geo, g))) for g in groups]
     return (last - first, tuple(runs))
 
 
@@ -301,10 +342,15 @@ def allocate_flex_group(geo: Geometry, flex_index: int, flex_size: int) -> tuple
     flexbg = flex_size > 1
     relocatable = [True]
 
+    fdb = geo.first_data_block
+    bpg = geo.blocks_per_group
+    last_group = geo.group_count - 1
+
     def account(block: int, count: int) -> None:
         while count:
-            g = geo.group_of_block(block)
-            n = min(count, geo.group_last_block(g) - block + 1)
+            g = (block - fdb) // bpg
+            group_end = geo.blocks_count if g == last_group else fdb + (g + 1) * bpg
+            n = min(count, group_end - block)
             table_blocks_in[g] = table_blocks_in.get(g, 0) + n
             if flexbg:
                 touched.add(g)
@@ -670,10 +716,7 @@ def make_plan(opts: MkfsOptions) -> Plan:
 
     plan = Plan(
         opts=opts, geo=geo, sb=Superblock.blank(), features=features, csum=csum,
-        metadata_csum=metadata_csum, seed=seed, extra=RangeSet(), extra_by_group={},
-        uninit_cleared=set(), root_block=0, lpf_blocks=[], lpf_ino=K.GOOD_OLD_FIRST_INO,
-        resize_dind=0, journal_extents=[], journal_index_block=0, journal_blocks=journal_blocks,
-        inode_usage={},
+        metadata_csum=metadata_csum, seed=seed, journal_blocks=journal_blocks,
     )
     space = _Space(plan)
 
@@ -849,42 +892,62 @@ def _total_free_blocks(plan: Plan, space: _Space, *, tables_only: bool = False) 
 
 # ================================================================ writing
 class _Writer:
-    """Collects block writes, coalesces neighbours, and issues large pwrites."""
+    """Collects block writes, coalesces neighbours, and issues large writes.
+
+    A queued write is a sequence of buffers; a run of neighbours goes to the device as one
+    pwritev where it has one (no copy into a joined buffer), else as one joined pwrite.
+    """
 
     def __init__(self, dev: Device, block_size: int) -> None:
         self.dev = dev
         self.bs = block_size
-        self._pending: list[tuple[int, bytes | bytearray]] = []
+        self._pending: list[tuple[int, int, Sequence[_Buffer]]] = []  # (offset, length, buffers)
         self._pending_bytes = 0
+        self._pwritev = getattr(dev, "pwritev", None)
 
     def block(self, block: int, data: bytes | bytearray, *, owned: bool = False) -> None:
         """Queue ``data`` for ``block`` onward; ``owned``: the caller hands ``data`` over (not copied)."""
-        self._pending.append((block * self.bs, data if owned else bytes(data)))
-        self._pending_bytes += len(data)
-        if self._pending_bytes > 8 << 20:
-            self.flush()
+        self._queue(block * self.bs, len(data), (data if owned else bytes(data),))
+
+    def blocks(self, block: int, buffers: list[_Buffer]) -> None:
+        """Queue ``buffers``, back to back, for ``block`` onward (handed over, not copied)."""
+        self._queue(block * self.bs, sum(map(len, buffers)), buffers)
 
     def at(self, offset: int, data: bytes | bytearray) -> None:
-        self._pending.append((offset, bytes(data)))
+        self._pending.append((offset, len(data), (bytes(data),)))
         self._pending_bytes += len(data)
+
+    def _queue(self, offset: int, length: int, buffers: Sequence[_Buffer]) -> None:
+        self._pending.append((offset, length, buffers))
+        self._pending_bytes += length
+        if self._pending_bytes > 8 << 20:
+            self.flush()
 
     def flush(self) -> None:
         if not self._pending:
             return
         self._pending.sort(key=lambda item: item[0])
-        run_start, parts = self._pending[0][0], [self._pending[0][1]]
-        run_end = run_start + len(parts[0])
-        pwrite = self.dev.pwrite
-        for offset, data in self._pending[1:]:
-            if offset == run_end:
-                parts.append(data)
-                run_end += len(data)
-            else:
-                pwrite(run_start, parts[0] if len(parts) == 1 else b"".join(parts))
-                run_start, parts, run_end = offset, [data], offset + len(data)
-        pwrite(run_start, parts[0] if len(parts) == 1 else b"".join(parts))
+        run_start, run_end = -1, -1
+        parts: list[_Buffer] = []
+        for offset, length, buffers in self._pending:
+            if offset != run_end:
+                self._write(run_start, parts)
+                run_start, run_end, parts = offset, offset, []
+            parts.extend(buffers)
+            run_end += length
+        self._write(run_start, parts)
         self._pending.clear()
         self._pending_bytes = 0
+
+    def _write(self, offset: int, parts: list[_Buffer]) -> None:
+        if not parts:
+            return
+        if len(parts) == 1:
+            self.dev.pwrite(offset, parts[0])
+        elif self._pwritev is not None:
+            self._pwritev(offset, parts)
+        else:
+            self.dev.pwrite(offset, b"".join(parts))
 
 
 def _dir_block(plan: Plan, ino: int, entries: list[tuple[int, bytes]], parent_first: bool = True) -> bytes:
@@ -1014,7 +1077,7 @@ def _inode_table_blocks(plan: Plan) -> dict[int, bytes]:
         )
         journal.block = _extent_root(plan.journal_extents, plan.journal_index_block, 0)
         inodes[K.JOURNAL_INO] = _pack_inode(plan, K.JOURNAL_INO, journal)
-        plan.sb_journal_iblock = journal.block  # type: ignore[attr-defined]
+        plan.journal_iblock = journal.block
 
     # Lay the inodes into table blocks of group 0.
     it = plan.tables(0)[2]
@@ -1081,20 +1144,22 @@ def _list_backups(geo: Geometry) -> list[int]:
     return [g for g in geo.backup_groups if g]
 
 
-def _u32_run(first: int, count: int) -> array[int]:
-    """first, first + 1, ... as little-endian u32 values (for memoryview slice assignment)."""
-    values = array("I", range(first, first + count))
+def _u32_array(values: Iterable[int]) -> array[int]:
+    """``values`` as little-endian u32 items (for memoryview slice assignment)."""
+    out = array("I", values)
     if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
-        values.byteswap()
-    return values
+        out.byteswap()
+    return out
 
 
-def _resize_blocks(plan: Plan) -> tuple[int, bytes, int, bytearray]:
+def _resize_blocks(plan: Plan) -> tuple[int, bytes, int, list[_Buffer]]:
     """The resize inode's double-indirect block, and the primary reserved GDT blocks (contiguous, each
-    listing its backups' block numbers) as (dind block, its bytes, first reserved block, their bytes).
+    listing its backups' block numbers) as (dind block, its bytes, first reserved block, their buffers).
 
-    Filled column by column: entry j of reserved block r is (first + r) + backup_j * blocks_per_group,
-    an arithmetic run over r, assigned through a strided u32 view (no per-block Python work).
+    Each reserved block is its list of backups, then zeros: the lists are built in one buffer,
+    column by column (entry j of reserved block r is (first + r) + backup_j * blocks_per_group,
+    an arithmetic run over r, assigned through a strided u32 view), and every block's zeros are
+    one shared buffer, so megabytes of reserved blocks never exist in memory.
     """
     geo = plan.geo
     bs = geo.block_size
@@ -1105,15 +1170,24 @@ def _resize_blocks(plan: Plan) -> tuple[int, bytes, int, bytearray]:
     dview = memoryview(dind).cast("I")
     start = geo.desc_blocks % apb  # the dind slot of reserved block r is (desc_blocks + r) % apb
     head = min(count, apb - start)
-    dview[start : start + head] = _u32_run(first, head)
+    dview[start : start + head] = _u32_array(range(first, first + head))
     if count > head:
-        dview[0 : count - head] = _u32_run(first + head, count - head)
-    region = bytearray(count * bs)
-    rview = memoryview(region).cast("I")
-    for j, group in enumerate(_list_backups(geo)[:apb]):
-        rview[j::apb] = _u32_run(first + group * geo.blocks_per_group, count)
+        dview[0 : count - head] = _u32_array(range(first + head, first + count))
     dview.release()
-    rview.release()
+    backups = _list_backups(geo)[:apb]
+    width = 4 * len(backups)  # bytes of each block's list
+    lists = bytearray(count * width)
+    if backups:
+        lview = memoryview(lists).cast("I")
+        for j, group in enumerate(backups):
+            base = first + group * geo.blocks_per_group
+            lview[j :: len(backups)] = _u32_array(range(base, base + count))
+        lview.release()
+    zeros = bytes(bs - width)
+    heads = struct.unpack(f"{width}s" * count, lists)  # each block's list, as its own bytes
+    region: list[_Buffer] = [zeros] * (2 * count)
+    region[0::2] = heads
+    region = [part for part in region if part]  # (no backups, or lists that fill whole blocks)
     return plan.resize_dind, bytes(dind), first, region
 
 
@@ -1141,8 +1215,17 @@ class _GroupCounts:
             self.meta_used = {g: geo.super_and_desc(g).used for g in geo.backup_groups}
         self.unused_default = self.ipg if plan.csum else 0
 
-    def __call__(self, group: int, alloc: FlexAlloc) -> tuple[int, int, int, int, int]:
-        """(flags, free blocks, free inodes, used dirs, itable unused)."""
+    def backup_blocks(self, group: int) -> int:
+        """Blocks the superblock and descriptor copies take at the start of ``group``."""
+        return self.meta_used.get(group, 0) if self.meta_used is not None else self.geo.super_and_desc(group).used
+
+    def plain_descriptor(self, desc_size: int) -> bytes:
+        """The descriptor of a group with nothing of its own (table locations left zero)."""
+        free_blocks = self.bpg - (0 if self.flex else self.own_tables)
+        return _pack_descriptor(desc_size, self.base_flags, free_blocks, self.ipg, 0, self.unused_default, 0, 0)
+
+    def __call__(self, group: int, alloc: FlexAlloc) -> tuple[int, int, int, int, int, int]:
+        """(flags, free blocks, free inodes, used dirs, itable unused, backup blocks)."""
         plan = self.plan
         flags = self.base_flags
         if group == self.last:
@@ -1160,7 +1243,7 @@ class _GroupCounts:
             table_here = self.own_tables
         if group in plan.uninit_cleared:
             flags &= ~K.BG_BLOCK_UNINIT
-        meta = self.meta_used.get(group, 0) if self.meta_used is not None else self.geo.super_and_desc(group).used
+        meta = self.backup_blocks(group)
         free_blocks = blocks - meta - table_here - plan.extra_by_group.get(group, 0)
         free_inodes = self.ipg
         dirs = 0
@@ -1172,15 +1255,33 @@ class _GroupCounts:
             if plan.csum:
                 unused = unused_
             flags &= ~K.BG_INODE_UNINIT
-        return flags, free_blocks, free_inodes, dirs, unused
+        return flags, free_blocks, free_inodes, dirs, unused, meta
 
 
-def _block_bitmap(plan: Plan, group: int) -> Bitmap:
+def _pack_descriptor(
+    desc_size: int, flags: int, free_blocks: int, free_inodes: int, dirs: int, unused: int, bb_csum: int, ib_csum: int
+) -> bytes:
+    """A group descriptor with its table locations and checksum left zero."""
+    raw = bytearray(desc_size)
+    if desc_size >= 64:
+        C.GROUP_DESC_64.pack_into(
+            raw, 0, 0, 0, 0, free_blocks & 0xFFFF, free_inodes & 0xFFFF, dirs & 0xFFFF, flags, 0,
+            bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused & 0xFFFF, 0,
+            0, 0, 0, free_blocks >> 16, free_inodes >> 16, dirs >> 16, unused >> 16, 0, bb_csum >> 16, ib_csum >> 16, 0,
+        )
+    else:
+        C.GROUP_DESC_32.pack_into(
+            raw, 0, 0, 0, 0, free_blocks, free_inodes, dirs, flags, 0, bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused, 0
+        )
+    return bytes(raw)
+
+
+def _block_bitmap(plan: Plan, group: int, alloc: FlexAlloc) -> Bitmap:
     geo = plan.geo
     start = geo.group_first_block(group)
     end = geo.group_last_block(group) + 1
     bm = Bitmap(geo.blocks_per_group)
-    for s, e in plan.flex(group).used_ranges_in(start, end):
+    for s, e in alloc.used_ranges_in(start, end):
         bm.set_range(s - start, e - s)
     for s, e in plan.extra.ranges_in(start, end):
         bm.set_range(s - start, e - s)
@@ -1201,25 +1302,371 @@ def _inode_bitmap(plan: Plan, group: int) -> Bitmap:
     return bm
 
 
+class _SpecialGroups:
+    """Descriptors and bitmaps of the groups that are not plain, each distinct one encoded once.
+
+    Table locations aside, a group's descriptor and bitmaps follow from its flex group's
+    shape, its place in that flex group, and what else it holds: backups, blocks allocated
+    after the tables, used inodes, the short end of the filesystem.  A group holding none of
+    those is the same as the group at the same place of any flex group of the same shape (the
+    first group of each flex group, which holds all its tables, is the common case), so those
+    are cached by (shape, place).
+    """
+
+    _LIMIT = 1024  # cached groups (shapes repeat, so this is rarely reached)
+
+    def __init__(self, plan: Plan, counts: _GroupCounts) -> None:
+        geo = plan.geo
+        self.plan = plan
+        self.counts = counts
+        self.desc_size = geo.desc_size
+        self.block_size = geo.block_size
+        self.last = geo.group_count - 1
+        self.seed = plan.seed if plan.metadata_csum else None
+        self.block_bytes = geo.blocks_per_group // 8
+        self.inode_bytes = geo.inodes_per_group // 8
+        self.block_uninit = K.BG_BLOCK_UNINIT if plan.csum else 0
+        self.inode_uninit = K.BG_INODE_UNINIT if plan.csum else 0
+        self._cache: dict[tuple[int, int], tuple[FlexShape, bytes, bytes | None, bytes | None]] = {}
+
+    def encode(self, group: int, alloc: FlexAlloc) -> tuple[bytes, bytes | None, bytes | None]:
+        """(descriptor with zero table locations and checksum, block bitmap, inode bitmap);
+        a bitmap is None when the group leaves it uninitialised."""
+        plan = self.plan
+        if (
+            group == self.last
+            or group in plan.extra_by_group
+            or group in plan.uninit_cleared
+            or group in plan.inode_usage
+            or self.counts.backup_blocks(group)
+        ):
+            return self._encode(group, alloc)
+        return self.cached(group, alloc)
+
+    def cached(self, group: int, alloc: FlexAlloc) -> tuple[bytes, bytes | None, bytes | None]:
+        """encode() for a group known to hold nothing but (possibly) tables."""
+        # The shape is kept in the value so that its id is not reused while the entry lives.
+        key = (id(alloc.shape), group - alloc.first_group)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) >= self._LIMIT:
+                self._cache.clear()
+            hit = self._cache[key] = (alloc.shape, *self._encode(group, alloc))
+        return hit[1], hit[2], hit[3]
+
+    def _bitmap(self, bm: Bitmap, nbytes: int) -> tuple[bytes, int]:
+        raw = bm.to_bytes(self.block_size)
+        return raw, (bitmap_csum(self.seed, raw[:nbytes]) if self.seed is not None else 0)
+
+    def _encode(self, group: int, alloc: FlexAlloc) -> tuple[bytes, bytes | None, bytes | None]:
+        flags, free_blocks, free_inodes, dirs, unused, _ = self.counts(group, alloc)
+        block_bitmap = inode_bitmap = None
+        bb_csum = ib_csum = 0
+        if not flags & self.block_uninit:
+            block_bitmap, bb_csum = self._bitmap(_block_bitmap(self.plan, group, alloc), self.block_bytes)
+        if not flags & self.inode_uninit:
+            inode_bitmap, ib_csum = self._bitmap(_inode_bitmap(self.plan, group), self.inode_bytes)
+        desc = _pack_descriptor(self.desc_size, flags, free_blocks, free_inodes, dirs, unused, bb_csum, ib_csum)
+        return desc, block_bitmap, inode_bitmap
+
+
+def _special_groups(plan: Plan) -> list[int] | None:
+    """Groups whose descriptor is not the plain template (besides those holding flex tables),
+    sorted; None when that is every group (no uninit flags: every group has real bitmaps)."""
+    geo = plan.geo
+    if not plan.csum:
+        return None
+    special = set(plan.inode_usage) | plan.uninit_cleared | set(plan.extra_by_group) | {geo.group_count - 1}
+    if geo.meta_bg:
+        special.update(g for g in range(geo.group_count) if geo.super_and_desc(g).used)
+    else:
+        special.update(geo.backup_groups)
+    return sorted(special)
+
+
+_INVERT = bytes(range(255, -1, -1))  # bytes.translate table: complement every byte
+_DESC_CHUNK = 1 << 20  # bytes of descriptor blocks collected before they are copied to every backup
+
+
+class _DescriptorTable:
+    """Writes every group's descriptor (the table streamed block by block to all its copies) and bitmaps.
+
+    Most groups own nothing: both bitmaps uninitialised, no backups, no tables, so their
+    descriptor is a template that differs only in the table locations.  A descriptor block is
+    therefore built as copies of the template, the other groups' descriptors are put over
+    it, the table locations of all are written column by column (strided u32 views), and
+    every checksum is computed in one pass: no Python statement runs per plain group.
+
+    Most blocks go further: when every flex group a block overlaps has the common shape
+    (no backups, not the end of the filesystem) and no group in it is special, the block is
+    the same as every other such block at the same offset in its flex groups, except that all
+    table locations are moved by the same number of blocks.  Such a block is built once as
+    a pattern and then only shifted.
+    """
+
+    def __init__(self, plan: Plan, w: _Writer) -> None:
+        geo = plan.geo
+        self.plan = plan
+        self.geo = geo
+        self.w = w
+        self.dpb = dpb = geo.desc_per_block
+        self.desc_size = geo.desc_size
+        self.flex_size = flex_size = plan.groups_per_flex
+        counts = _GroupCounts(plan)
+        self.specials = _SpecialGroups(plan, counts)
+        self.checksums = _DescChecksums(plan)
+        self.template = counts.plain_descriptor(geo.desc_size)
+        self.full_block = self.template * dpb + bytes(geo.block_size - dpb * geo.desc_size)
+        self.words = geo.desc_size // 4  # u32 stride between descriptors
+        self.split = geo.desc_size >= 64 and geo.blocks_count > MAX_32  # locations need their high halves
+        self.special = _special_groups(plan)
+        self.next_special = 0  # index into self.special of the first group not yet written
+        self.patterns: dict[int, _BlockPattern] = {}  # by offset of the block in its flex group
+        # Blocks of whole flex groups (or within one) can share patterns; split locations cannot.
+        self.patterned = (
+            flex_size > 1 and not geo.meta_bg and not self.split and self.special is not None
+            and (dpb % flex_size == 0 or flex_size % dpb == 0)
+        )
+        # Where each descriptor block goes: after every backup superblock, or (meta_bg) in its meta group.
+        self.desc_starts = [geo.group_first_block(g) + 1 for g in geo.backup_groups]
+        self.chunk: list[bytes] = []
+        self.chunk_index = 0
+
+    def write(self) -> None:
+        """Queue every descriptor block and bitmap on the writer, and flush it."""
+        ngroups = self.geo.group_count
+        dpb = self.dpb
+        for index in range(self.geo.desc_blocks):
+            g0 = index * dpb
+            g1 = min(g0 + dpb, ngroups)
+            key = self._pattern_key(g0, g1)
+            pattern = self.patterns.get(key[1]) if key is not None else None
+            if pattern is not None and key is not None and pattern.shape is key[0]:
+                block = pattern.apply(g0, self.w)
+            else:
+                block = self._build(g0, g1, key)
+            self.checksums.fill(block, g0, g1 - g0)
+            self._emit(index, bytes(block))
+        self.w.flush()
+
+    def _pattern_key(self, g0: int, g1: int) -> tuple[FlexShape, int] | None:
+        """(shape, offset in the flex group) when the block [g0, g1) can follow a pattern, else None."""
+        if not self.patterned or g1 - g0 != self.dpb:
+            return None
+        special = self.special
+        assert special is not None
+        if self.next_special < len(special) and special[self.next_special] < g1:
+            return None
+        fs = self.flex_size
+        offset = g0 % fs
+        first = g0 - offset  # the flex groups the block overlaps cover [first, end)
+        end = -(-g1 // fs) * fs
+        # The common shape: that of flex groups with no backups in them or the group after, away
+        # from the end (see _flex_signature); cached only when it may be placed anywhere.
+        shape = self.plan.shape_cache.get((fs - 1, ()))
+        if shape is None or end > self.geo.group_count - 2 or self.geo.backup_groups_in(first, end + 1):
+            return None
+        return (shape, offset)
+
+    def _build(self, g0: int, g1: int, key: tuple[FlexShape, int] | None) -> bytearray:
+        """The block of descriptors of groups [g0, g1) without checksums, group by group."""
+        plan = self.plan
+        fs = self.flex_size
+        n = g1 - g0
+        ds = self.desc_size
+        if n == self.dpb:
+            block = bytearray(self.full_block)
+        else:  # the last block: its unused descriptors stay zero
+            block = bytearray(self.template * n + bytes(self.geo.block_size - n * ds))
+        # Table locations of every group here, from the shapes of the flex groups they are in.
+        bbs: list[int] = []
+        ibs: list[int] = []
+        its: list[int] = []
+        allocs: dict[int, FlexAlloc] = {}
+        holders: list[int] = []  # groups holding tables of their flex group
+        for first in range(g0 - g0 % fs, g1, fs):
+            alloc = allocs[first] = plan.flex(first)
+            shape = alloc.shape
+            base = alloc.base
+            lo = max(g0 - first, 0)
+            hi = min(g1 - first, fs)
+            bbs += [b + base for b in shape.block_bitmaps[lo:hi]]
+            ibs += [b + base for b in shape.inode_bitmaps[lo:hi]]
+            its += [b + base for b in shape.inode_tables[lo:hi]]
+            if fs > 1:  # (without flex_bg each group holds its own tables, as the template says)
+                holders += [first + rel for rel in shape.table_blocks_in if lo <= rel < hi]
+        special = self.special
+        if special is None:
+            here = list(range(g0, g1))
+            holders = []
+        else:
+            here = []
+            while self.next_special < len(special) and special[self.next_special] < g1:
+                here.append(special[self.next_special])
+                self.next_special += 1
+            holders = [g for g in holders if g not in here]
+        bitmaps: list[tuple[int, bytes | None, bytes | None]] = []  # (index, block bitmap, inode bitmap)
+        for group in here:
+            desc, block_bitmap, inode_bitmap = self.specials.encode(group, allocs[group - group % fs])
+            bitmaps.append((group - g0, block_bitmap, inode_bitmap))
+            block[(group - g0) * ds : (group - g0 + 1) * ds] = desc
+        for group in holders:  # nothing but tables: the same in every flex group of one shape
+            desc, block_bitmap, inode_bitmap = self.specials.cached(group, allocs[group - group % fs])
+            bitmaps.append((group - g0, block_bitmap, inode_bitmap))
+            block[(group - g0) * ds : (group - g0 + 1) * ds] = desc
+        for i, block_bitmap, inode_bitmap in bitmaps:
+            if block_bitmap is not None:
+                self.w.block(bbs[i], block_bitmap, owned=True)
+            if inode_bitmap is not None:
+                self.w.block(ibs[i], inode_bitmap, owned=True)
+        if key is not None:
+            shift = self.geo.group_first_block(g0 - g0 % fs)
+            self.patterns[key[1]] = _BlockPattern(
+                key[0], bytes(block), shift, bbs, ibs, its, bitmaps, self.words,
+                self.geo.first_data_block, self.geo.blocks_per_group, fs,
+            )
+
+        words = self.words
+        stop = n * words
+        with memoryview(block) as raw:
+            view = raw.cast("I")
+            if self.split:
+                for column, values in enumerate((bbs, ibs, its)):
+                    view[column:stop:words] = _u32_array([v & MAX_32 for v in values])
+                    view[8 + column : stop : words] = _u32_array([v >> 32 for v in values])
+            else:
+                view[0:stop:words] = _u32_array(bbs)
+                view[1:stop:words] = _u32_array(ibs)
+                view[2:stop:words] = _u32_array(its)
+            view.release()
+        return block
+
+    def _emit(self, index: int, data: bytes) -> None:
+        geo = self.geo
+        if geo.meta_bg:
+            first = index * self.dpb
+            for g in (first, first + 1, first + self.dpb - 1):
+                if g < geo.group_count:
+                    loc = geo.super_and_desc(g)
+                    if loc.new_desc_block:
+                        self.w.block(loc.new_desc_block, data)
+            return
+        if not self.chunk:
+            self.chunk_index = index
+        self.chunk.append(data)
+        if (len(self.chunk) + 1) * geo.block_size > _DESC_CHUNK or index == geo.desc_blocks - 1:
+            joined = b"".join(self.chunk)
+            for start in self.desc_starts:
+                self.w.block(start + self.chunk_index, joined, owned=True)
+            self.chunk.clear()
+
+
+class _BlockPattern:
+    """A descriptor block of groups in flex groups of one shape, to be shifted to other such blocks.
+
+    Table locations are kept as one integer per column, a u32 lane per descriptor (relative to the
+    first block of the first flex group), so shifting every location is one big-integer addition.
+    """
+
+    __slots__ = ("shape", "template", "columns", "bitmaps", "words", "count", "lanes", "fdb", "bpg", "flex_size")
+
+    def __init__(
+        self, shape: FlexShape, template: bytes, shift: int, bbs: list[int], ibs: list[int], its: list[int],
+        bitmaps: list[tuple[int, bytes | None, bytes | None]], words: int, fdb: int, bpg: int, flex_size: int,
+    ) -> None:
+        self.shape = shape  # the pattern holds only for blocks of this shape
+        self.template = template  # the descriptors, table locations and checksums left zero
+        self.columns = [
+            int.from_bytes(_u32_array([v - shift for v in values]).tobytes(), "little") for values in (bbs, ibs, its)
+        ]
+        self.bitmaps = [
+            (bbs[i] - shift, block_bitmap, ibs[i] - shift, inode_bitmap) for i, block_bitmap, inode_bitmap in bitmaps
+        ]
+        self.words = words
+        self.count = len(bbs)
+        self.lanes = int.from_bytes(b"\1\0\0\0" * self.count, "little")  # 1 in every u32
+        self.fdb = fdb
+        self.bpg = bpg
+        self.flex_size = flex_size
+
+    def apply(self, g0: int, w: _Writer) -> bytearray:
+        """The block for groups from ``g0`` (checksums left zero); queues its bitmaps on ``w``."""
+        shift = self.fdb + (g0 - g0 % self.flex_size) * self.bpg
+        block = bytearray(self.template)
+        add = shift * self.lanes  # no lane overflows: every sum is a block number below 2^32
+        words = self.words
+        stop = self.count * words
+        with memoryview(block) as raw:
+            view = raw.cast("I")
+            for column, relative in enumerate(self.columns):
+                view[column:stop:words] = memoryview((relative + add).to_bytes(4 * self.count, "little")).cast("I")
+            view.release()
+        for bb, block_bitmap, ib, inode_bitmap in self.bitmaps:
+            if block_bitmap is not None:
+                w.block(bb + shift, block_bitmap, owned=True)
+            if inode_bitmap is not None:
+                w.block(ib + shift, inode_bitmap, owned=True)
+        return block
+
+
+class _DescChecksums:
+    """Fills the checksum fields of a block of descriptors (whose checksum fields are zero).
+
+    A metadata_csum descriptor checksum is crc32c over the group number, then the descriptor.
+    The first part is linear (over XOR) in the group number, and the groups of one descriptor
+    block are ``first ^ j`` for ``j < desc_per_block`` (``first`` is a multiple of that power of
+    two), so crc(first ^ j) = crc(first) ^ crc(j) ^ crc(0): one call per block and a column
+    computed once give every group's starting value, and a single call per descriptor is left.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        geo = plan.geo
+        self.desc_size = geo.desc_size
+        self.dpb = geo.desc_per_block
+        self.metadata_csum = plan.metadata_csum
+        self.seed_x = plan.seed ^ 0xFFFFFFFF  # crc32c() takes and returns the complement of ext4's raw CRC
+        self.split = struct.Struct(f"{self.desc_size}s" * self.dpb)  # a block into its descriptors, in one call
+        self.gdt_csum = None
+        if plan.csum and not plan.metadata_csum:
+            from .groupdesc import DescChecksummer
+
+            self.gdt_csum = DescChecksummer(
+                metadata_csum=False, gdt_csum=True, seed=plan.seed, uuid=plan.opts.uuid, desc_size=self.desc_size
+            )
+        zero = _crc32c(_U32.pack(0), self.seed_x)
+        offsets = array("I", [_crc32c(_U32.pack(j), self.seed_x) ^ zero for j in range(self.dpb)])
+        self.offsets = int.from_bytes(offsets.tobytes(), sys.byteorder)
+        self.lanes = int.from_bytes(array("I", [1] * self.dpb).tobytes(), sys.byteorder)  # 1 in every u32
+
+    def fill(self, block: bytearray, first: int, n: int) -> None:
+        """Checksum descriptors ``[0, n)`` of ``block``, those of groups ``first, first + 1, ...``."""
+        ds = self.desc_size
+        if self.metadata_csum:
+            head = _crc32c(_U32.pack(first), self.seed_x)
+            starts = array("I")
+            starts.frombytes((self.offsets ^ head * self.lanes).to_bytes(4 * self.dpb, sys.byteorder))
+            descriptors = self.split.unpack(block) if n == self.dpb else struct.unpack_from(f"{ds}s" * n, block)
+            crcs = array("I", map(_crc32c, descriptors, starts))
+            if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
+                crcs.byteswap()
+            # The low half of the raw CRC, i.e. of the complement of crc32c(), is stored.
+            stored = memoryview(crcs.tobytes().translate(_INVERT)).cast("H")[0::2]
+            with memoryview(block) as whole:
+                whole.cast("H")[0x1E // 2 : n * ds // 2 : ds // 2] = stored
+        elif self.gdt_csum is not None:
+            whole = memoryview(block)
+            for i in range(n):
+                off = i * ds
+                _U16.pack_into(block, off + 0x1E, self.gdt_csum.compute(first + i, whole[off : off + ds]))
+            whole.release()
+
+
 def write_plan(plan: Plan, dev: Device) -> int:
     """Encode the plan onto ``dev`` (which must read as zeros); returns bytes written."""
     geo = plan.geo
     bs = geo.block_size
     w = _Writer(dev, bs)
     sb = plan.sb
-    desc_size = geo.desc_size
-    dpb = geo.desc_per_block
-    csum_seed = plan.seed
-    metadata_csum = plan.metadata_csum
-    gdt_csum = plan.csum and not metadata_csum
-    from .groupdesc import DescChecksummer
-
-    checksummer = DescChecksummer(
-        metadata_csum=metadata_csum, gdt_csum=gdt_csum, seed=csum_seed, uuid=plan.opts.uuid, desc_size=desc_size
-    )
-    pack_desc = C.GROUP_DESC_64.pack_into if desc_size >= 64 else C.GROUP_DESC_32.pack_into
-    bb_bytes = geo.blocks_per_group // 8
-    ib_bytes = geo.inodes_per_group // 8
 
     # Inode tables, directories, resize inode, journal.
     for blk, data in _inode_table_blocks(plan).items():
@@ -1233,12 +1680,12 @@ def write_plan(plan: Plan, dev: Device) -> int:
     if plan.resize_dind:
         dind_block, dind, first_reserved, reserved = _resize_blocks(plan)
         w.block(dind_block, dind)
-        w.block(first_reserved, reserved, owned=True)
+        w.blocks(first_reserved, reserved)
     if plan.journal_blocks:
         w.block(plan.journal_extents[0][1], _journal_superblock(plan))
         if plan.journal_index_block:
             w.block(plan.journal_index_block, _journal_leaf(plan))
-        jib = plan.sb_journal_iblock  # type: ignore[attr-defined]
+        jib = plan.journal_iblock
         for i in range(15):
             sb[f"s_jnl_blocks[{i}]"] = _U32.unpack_from(jib, 4 * i)[0]
         size = plan.journal_blocks * bs
@@ -1247,118 +1694,8 @@ def write_plan(plan: Plan, dev: Device) -> int:
     w.flush()
 
     # Group descriptors (streamed one descriptor block at a time), bitmaps.
-    desc_block = bytearray(bs)
-    meta_bg = geo.meta_bg
+    _DescriptorTable(plan, w).write()
     backups = geo.backup_groups
-
-    def emit_desc_block(index: int, data: bytes) -> None:
-        if meta_bg:
-            first = index * dpb
-            for g in (first, first + 1, first + dpb - 1):
-                if g < geo.group_count:
-                    loc = geo.super_and_desc(g)
-                    if loc.new_desc_block:
-                        w.block(loc.new_desc_block, data)
-        else:
-            for g in backups:
-                w.block(geo.group_first_block(g) + (1 if not (g == 0 and bs == 1024 and geo.first_data_block == 0) else 1) + index, data)
-
-    counts = _GroupCounts(plan)
-    from .csum import _crc32c as crc_c
-
-    desc_view = memoryview(desc_block)
-
-    seed_x = csum_seed ^ 0xFFFFFFFF
-    u32 = _U32.pack
-    pack_u16 = struct.Struct("<H").pack_into
-    alloc = plan.flex(0)
-    flex_size = plan.groups_per_flex
-    # Groups that need the general path; every other group's descriptor is a template
-    # with only its table locations patched in.
-    special = set(plan.inode_usage) | plan.uninit_cleared | set(plan.extra_by_group) | {geo.group_count - 1}
-    if not plan.csum:
-        special = set(range(geo.group_count))  # no uninit flags: every group has real bitmaps
-    elif geo.meta_bg:
-        special.update(g for g in range(geo.group_count) if geo.super_and_desc(g).used)
-    else:
-        special.update(geo.backup_groups)
-    plain_flags = counts.base_flags
-    plain_free_blocks = geo.blocks_per_group - (0 if flex_size > 1 else counts.own_tables)
-    plain_free_inodes = geo.inodes_per_group
-    plain_unused = counts.unused_default
-    template = bytearray(desc_size)
-    if desc_size >= 64:
-        pack_desc(template, 0, 0, 0, 0, plain_free_blocks & 0xFFFF, plain_free_inodes & 0xFFFF, 0, plain_flags, 0,
-                  0, 0, plain_unused & 0xFFFF, 0, 0, 0, 0, plain_free_blocks >> 16, plain_free_inodes >> 16, 0,
-                  plain_unused >> 16, 0, 0, 0, 0)
-    else:
-        pack_desc(template, 0, 0, 0, 0, plain_free_blocks, plain_free_inodes, 0, plain_flags, 0, 0, 0,
-                  plain_unused, 0)
-    template_b = bytes(template)
-    lo3 = struct.Struct("<III").pack_into
-    hi3 = struct.Struct("<III").pack_into
-    base = 0
-    shape_tables: list[tuple[int, int, int]] = []
-    shape_special: set[int] | dict[int, int] = set()
-    first_group = 0
-    for group in range(geo.group_count):
-        if group % flex_size == 0:
-            alloc = plan.flex(group)
-            base = alloc.base
-            shape_tables = alloc.shape.tables
-            shape_special = alloc.shape.table_blocks_in
-            first_group = alloc.first_group
-        off = (group % dpb) * desc_size
-        if group not in special and (group - first_group) not in shape_special:
-            bb, ib, it = shape_tables[group - first_group]
-            bb += base
-            ib += base
-            it += base
-            desc_block[off : off + desc_size] = template_b
-            lo3(desc_block, off, bb & 0xFFFFFFFF, ib & 0xFFFFFFFF, it & 0xFFFFFFFF)
-            if desc_size >= 64:
-                hi3(desc_block, off + 0x20, bb >> 32, ib >> 32, it >> 32)
-        else:
-            bb, ib, it = alloc.tables_of(group)
-            flags, free_blocks, free_inodes, dirs, unused = counts(group, alloc)
-            bb_csum = ib_csum = 0
-            if not (plan.csum and flags & K.BG_BLOCK_UNINIT):
-                bm = _block_bitmap(plan, group)
-                raw = bm.to_bytes(bs)
-                if metadata_csum:
-                    bb_csum = bitmap_csum(csum_seed, raw[:bb_bytes])
-                w.block(bb, raw)
-            if not (plan.csum and flags & K.BG_INODE_UNINIT):
-                bm = _inode_bitmap(plan, group)
-                raw = bm.to_bytes(bs)
-                if metadata_csum:
-                    ib_csum = bitmap_csum(csum_seed, raw[:ib_bytes])
-                w.block(ib, raw)
-            if desc_size >= 64:
-                pack_desc(
-                    desc_block, off, bb & 0xFFFFFFFF, ib & 0xFFFFFFFF, it & 0xFFFFFFFF,
-                    free_blocks & 0xFFFF, free_inodes & 0xFFFF, dirs & 0xFFFF, flags, 0,
-                    bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused & 0xFFFF, 0,
-                    bb >> 32, ib >> 32, it >> 32, free_blocks >> 16, free_inodes >> 16, dirs >> 16,
-                    unused >> 16, 0, bb_csum >> 16, ib_csum >> 16, 0,
-                )
-            else:
-                pack_desc(
-                    desc_block, off, bb, ib, it, free_blocks, free_inodes, dirs, flags, 0,
-                    bb_csum & 0xFFFF, ib_csum & 0xFFFF, unused, 0,
-                )
-        if metadata_csum:
-            # The checksum field is still zero, so one pass over the descriptor is enough.
-            pack_u16(desc_block, off + 0x1E,
-                     (crc_c(desc_view[off : off + desc_size], crc_c(u32(group), seed_x)) ^ 0xFFFF) & 0xFFFF)
-        elif checksummer.enabled:
-            pack_u16(desc_block, off + 0x1E, checksummer.compute(group, desc_view[off : off + desc_size]))
-        if group % dpb == dpb - 1 or group == geo.group_count - 1:
-            emit_desc_block(group // dpb, bytes(desc_block))
-            desc_view.release()
-            desc_block = bytearray(bs)
-            desc_view = memoryview(desc_block)
-    w.flush()
 
     # Superblock backups (state without VALID, as e2fsprogs writes them), then the primary.
     if sb["s_kbytes_written"]:

@@ -58,3 +58,10 @@ def test_cli_paths_leave_out_stdlib_modules_they_do_not_need() -> None:
         "pyext4.populate"
     ) - before
     assert not modules & {"logging", "secrets", "ipaddress"}
+
+
+def test_mkfs_command_path_defines_no_dataclasses() -> None:
+    # The mkfs command's modules use plain classes: importing dataclasses and creating each one
+    # costs start-up time (the reader and writer, not on this path, may use them).
+    modules = _imported_after("import pyext4.cli, pyext4.mkfs") - _imported_after("import click")
+    assert "dataclasses" not in modules
