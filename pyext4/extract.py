@@ -86,6 +86,7 @@ class _Extractor:
         self.can_sendfile = self.img_fd >= 0 and hasattr(os, "sendfile")
         self.deferred: list[tuple[str, int, Inode, str]] = []  # directories finished at the end
         self.root_shown = "/"  # how DEST's top is named in messages (a parallel walk sets it)
+        self.visited: set[int] = set()  # directories made by a parallel walk
 
     # ----------------------------------------------------------- messages
     def error(self, message: str) -> None:
@@ -105,9 +106,15 @@ class _Extractor:
             self._run_parallel(start_ino, dest_fd, shown)
             return
         self.root_fd = dest_fd
+        self._walk(start_ino, dest_fd, self.fs.dir_entries(start_ino), shown, "", None, {start_ino})
+        self._finish_deferred()
+
+    def _walk(self, start_ino: int, start_fd: int, entries_: list[tuple[bytes, int, int]], shown: str, rel: str,
+              start_inode: Inode | None, visited: set[int]) -> None:
+        """Extract a directory's entries into ``start_fd`` and everything below, depth first.  With
+        ``start_inode``, the directory itself is finished (and ``start_fd`` closed) at the end."""
         stack: list[tuple[int, int, Iterator[tuple[bytes, int, int]], str, str, Inode | None]] = []
-        stack.append((start_ino, dest_fd, iter(self.fs.dir_entries(start_ino)), shown, "", None))
-        visited = {start_ino}
+        stack.append((start_ino, start_fd, iter(entries_), shown, rel, start_inode))
         while stack:
             ino, dfd, entries, shown_dir, rel_dir, dir_inode = stack[-1]
             nxt = next(entries, None)
@@ -157,7 +164,6 @@ class _Extractor:
                 self.error(f"{shown_child}: {exc}")
             except OSError as exc:
                 self.error(f"{shown_child}: {exc.strerror or exc}")
-        self._finish_deferred()
 
     # ------------------------------------------------------ parallel walk
     def _run_parallel(self, start_ino: int, dest_fd: int, shown: str) -> None:
@@ -181,7 +187,7 @@ class _Extractor:
         seq = 0
         stack: list[tuple[int, int, Iterator[tuple[bytes, int, int]]]] = []
         stack.append((0, dest_fd, iter(self.fs.dir_entries(start_ino))))
-        visited = {start_ino}
+        visited = self.visited = {start_ino}
         try:
             try:
                 while stack:
@@ -209,6 +215,9 @@ class _Extractor:
                         if not inode.is_dir():
                             chunk.append((seq, rel_dir, name, child))
                             seq += 1
+                            if len(chunk) >= _CHUNK_ENTRIES:
+                                pool.submit(chunk)
+                                chunk = []
                             continue
                         shown_child = self._shown(rel_dir, name)
                         if child in visited:
@@ -257,14 +266,33 @@ class _Extractor:
             finally:
                 os.close(fd)
 
+    def _misfiled_dir(self, dfd: int, name: bytes, ino: int, inode: Inode, shown: str, rel: str) -> None:
+        """A directory reached through an entry whose file type said otherwise: extracted with its
+        subtree as one process would (the walk's cycle check still applies)."""
+        if ino in self.visited:
+            self.error(f"{shown}: directory inode {ino} appears twice (cycle); skipped")
+            return
+        self.visited.add(ino)
+        try:
+            children: list[tuple[bytes, int, int]] = self.fs.dir_entries(ino, inode)
+        except Ext4Error as exc:
+            self.error(f"{shown}: contents not extracted: {exc}")
+            children = []
+        cfd = self._make_dir(dfd, name, shown)
+        if cfd < 0:
+            return
+        self.report.directories += 1
+        self._walk(ino, cfd, children, shown, rel, inode, self.visited)
+        self._finish_deferred()
+
     def _shown(self, rel_dir: str, name: bytes) -> str:
         """How an entry of the directory ``rel_dir`` (relative to DEST) is named in messages."""
         return self.root_shown.rstrip("/") + "/" + (rel_dir + "/" if rel_dir else "") + decode_name(name)
 
     def _extract_chunk(self, leaves: list[_Leaf], *, defer_linked: bool = True) -> list[_Leaf]:
         """Extract non-directory entries into the directories already made.  With
-        ``defer_linked``, an entry whose inode has several names is not made but
-        returned, for this process to make at the end with the others."""
+        ``defer_linked``, an entry whose inode has several names (or is a directory
+        after all) is not made but returned, for this process to make at the end."""
         linked: list[_Leaf] = []
         current, dfd = "", self.root_fd
         try:
@@ -279,14 +307,13 @@ class _Extractor:
                             dfd = self._open_rel(rel_dir)
                         current = rel_dir
                     inode = self.fs.inode(ino)
-                    if inode.is_dir():  # the entry's file type said otherwise: a damaged image
-                        self.error(f"{self._shown(rel_dir, name)}: entry's file type does not match "
-                                   f"directory inode {ino}; skipped")
-                        continue
-                    if defer_linked and inode.links_count > 1:
-                        linked.append(leaf)
+                    if defer_linked and (inode.links_count > 1 or inode.is_dir()):
+                        linked.append(leaf)  # several names, or a directory whose entry said otherwise
                         continue
                     rel = (rel_dir + "/" if rel_dir else "") + decode_name(name)
+                    if inode.is_dir():  # a damaged entry's file type: made and walked as one process does
+                        self._misfiled_dir(dfd, name, ino, inode, self._shown(rel_dir, name), rel)
+                        continue
                     self._extract_leaf(dfd, name, ino, inode, self._shown(rel_dir, name), rel)
                 except UnsafePath as exc:
                     self.error(str(exc))
@@ -578,8 +605,15 @@ class _Pool:
         self.linked += self.ex._extract_chunk(chunk)
 
     def _start(self) -> None:
-        socket = _socket()
-        self.sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket = _socket()
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except (OSError, ImportError):  # no descriptors left, or no SEQPACKET here: one process
+            self.jobs = 1
+            return
+        for end in pair:
+            end.settimeout(None)  # blocking whatever socket.setdefaulttimeout() says
+        self.sock = pair
         for _ in range(self.jobs - 1):
             try:
                 self.workers.append(self._fork())
@@ -590,16 +624,26 @@ class _Pool:
             self.submit(chunk)
 
     def _fork(self) -> tuple[int, int]:
+        import signal
+
         rfd, wfd = os.pipe()
+        # No SIGINT/SIGTERM between fork() and the child's try (it would raise into the caller's
+        # code in the child) or before the parent has recorded the pid.
+        stopping = {signal.SIGINT, signal.SIGTERM}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(rfd)
             os.close(wfd)
             raise
         if pid == 0:  # the child: never returns into the caller's code
             status = 1
             try:
+                for signum in stopping:  # the caller's handlers are not the child's business
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 os.close(rfd)
                 assert self.sock is not None
                 self.sock[0].close()
@@ -609,18 +653,24 @@ class _Pool:
                 ex.report = ExtractReport()
                 ex.on_message = None
                 linked: list[_Leaf] = []
-                while True:
-                    data = self.sock[1].recv(_MESSAGE_MAX)
-                    if not data:
-                        break
-                    linked += ex._extract_chunk(marshal.loads(data))
+                import warnings
+
+                with warnings.catch_warnings(record=True) as caught:  # re-issued by the parent
+                    warnings.simplefilter("always")
+                    while True:
+                        data = self.sock[1].recv(_MESSAGE_MAX)
+                        if not data:
+                            break
+                        linked += ex._extract_chunk(marshal.loads(data))
+                raised = [(w.category.__module__, w.category.__qualname__, str(w.message)) for w in caught]
                 counts = {k: getattr(ex.report, k) for k in _REPORT_COUNTS}
-                view = memoryview(marshal.dumps((counts, ex.report.errors, ex.report.warnings, linked)))
+                view = memoryview(marshal.dumps((counts, ex.report.errors, ex.report.warnings, linked, raised)))
                 while view:
                     view = view[os.write(wfd, view):]
                 status = 0
             finally:
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(wfd)
         return pid, rfd
 
@@ -656,39 +706,62 @@ class _Pool:
                 chunks.append(chunk)
         finally:
             os.close(rfd)
-            _, status = os.waitpid(pid, 0)
+            ok = _reap(pid)
         try:
-            data = marshal.loads(b"".join(chunks)) if os.waitstatus_to_exitcode(status) == 0 else None
+            # A whole report decodes; a worker that died half-way wrote none or part of one.
+            data = marshal.loads(b"".join(chunks)) if ok else None
         except (ValueError, EOFError, TypeError):
             data = None
         if data is None:
             ex.error(f"an extraction worker (pid {pid}) failed; part of the tree may be missing")
             return []
-        counts, errors, warnings, linked = data
+        counts, errors, warned, linked, raised = data
         for key in _REPORT_COUNTS:
             setattr(ex.report, key, getattr(ex.report, key) + int(counts[key]))
         for message in errors:
             ex.error(message)
-        for message in warnings:
+        for message in warned:
             ex.warn(message)
+        if raised:
+            import sys
+            import warnings
+
+            for module, qualname, text in raised:
+                category = getattr(sys.modules.get(module), qualname, UserWarning)
+                if not (isinstance(category, type) and issubclass(category, Warning)):
+                    category = UserWarning
+                warnings.warn(text, category, stacklevel=2)
         return list(linked)
 
     def stop(self) -> None:
         """Close the socket; kill the workers still there (this process failed half-way)."""
         import signal
 
-        for pid, rfd in self.workers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.close(rfd)
-            os.waitpid(pid, 0)
-        self.workers = []
-        if self.sock is not None:
-            for end in self.sock:
-                end.close()
-            self.sock = None
+        try:
+            for pid, rfd in self.workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                finally:
+                    os.close(rfd)
+                    _reap(pid)
+        finally:
+            self.workers = []
+            if self.sock is not None:
+                for end in self.sock:
+                    end.close()
+                self.sock = None
+
+
+def _reap(pid: int) -> bool:
+    """Wait for a worker; whether it exited 0 (True too when someone else reaped it: SIGCHLD
+    ignored, or a child watcher; its report then tells)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return True
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _socket() -> Any:

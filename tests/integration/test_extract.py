@@ -241,6 +241,104 @@ def test_parallel_workers_share_the_tree(jobs: int, tmp_path: Path, monkeypatch:
     assert (tmp_path / "dest3" / "d3" / "f49").read_bytes() == bytes([49]) * (49 * 997)
 
 
+def _linked_tree(src: Path, files: int = 200, links: int = 20) -> None:
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(files // 4):
+            (src / f"d{d}" / f"f{f}").write_bytes(b"%d-%d\n" % (d, f))
+    (src / "links").mkdir()
+    for i in range(links):
+        os.link(src / "d0" / f"f{i}", src / "links" / f"l{i}")
+
+
+def test_parallel_ignores_a_default_socket_timeout(tmp_path: Path) -> None:
+    """socket.setdefaulttimeout() (here: non-blocking) must not make a worker give up waiting."""
+    import socket
+
+    _linked_tree(tmp_path / "src")
+    image = tmp_path / "img.img"
+    mke2fs(image, "-t", "ext4", size="16M", root=str(tmp_path / "src"))
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.0)
+    try:
+        with Filesystem.open(image) as fs:
+            listing = fs.dir_entries
+
+            def slow_listing(*args: Any) -> Any:  # a slow walk: workers wait for the next chunk
+                time.sleep(0.05)
+                return listing(*args)
+
+            fs.dir_entries = slow_listing  # type: ignore[method-assign]
+            report = extract(fs, tmp_path / "dest")
+    finally:
+        socket.setdefaulttimeout(before)
+    assert not report.errors, report.errors
+    assert report.files == 200 and report.hardlinks == 20
+    assert os.stat(tmp_path / "dest" / "links" / "l7").st_ino == os.stat(tmp_path / "dest" / "d0" / "f7").st_ino
+
+
+def test_children_reaped_elsewhere(tmp_path: Path) -> None:
+    """With SIGCHLD ignored the kernel reaps the workers itself: no ChildProcessError escapes."""
+    import signal
+
+    _linked_tree(tmp_path / "src")
+    image = tmp_path / "img.img"
+    mke2fs(image, "-t", "ext4", size="16M", root=str(tmp_path / "src"))
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with Filesystem.open(image) as fs:
+            report = extract(fs, tmp_path / "dest")
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert not report.errors, report.errors
+    assert report.files == 200 and report.hardlinks == 20
+
+
+def test_entry_that_says_file_but_is_a_directory(tmp_path: Path) -> None:
+    """A damaged entry's file type (regular file, for a directory) does not lose the subtree."""
+    src = tmp_path / "src"
+    _linked_tree(src, links=0)
+    image = tmp_path / "img.img"
+    mke2fs(image, "-t", "ext4", size="16M", root=str(src))
+    order = names_in_order(image, "/")
+    edit_entries(image, "/", {order.index(b"d2"): {"file_type": 1}})
+    with Filesystem.open(image) as fs:
+        report = extract(fs, tmp_path / "dest")
+    assert not report.errors, report.errors
+    assert sorted(p.name for p in (tmp_path / "dest" / "d2").iterdir()) == sorted(f"f{i}" for i in range(50))
+    assert (tmp_path / "dest" / "d2" / "f3").read_bytes() == b"2-3\n"
+    assert report.files == 200 and report.directories == 6  # d0-d3, links, lost+found
+
+
+def test_warnings_of_every_process_reach_the_caller(tmp_path: Path) -> None:
+    """verify="warn": a bad inode checksum is a Python warning in the caller, whichever process read it."""
+    import warnings
+
+    from pyext4.reader import Ext4Warning
+
+    src = tmp_path / "src"
+    _linked_tree(src, links=0)
+    image = tmp_path / "img.img"
+    mke2fs(image, "-t", "ext4", size="16M", root=str(src))
+    data = bytearray(image.read_bytes())
+    with Filesystem.open(image) as fs:
+        bs, isz, ipg = fs.block_size, fs.geo.inode_size, fs.geo.inodes_per_group
+        for f in range(0, 50, 5):  # ten files in each of two directories
+            for d in ("d1", "d3"):
+                ino = fs.resolve(f"/{d}/f{f}")
+                group, index = divmod(ino - 1, ipg)
+                at = fs.group_desc(group).inode_table * bs + index * isz
+                data[at + 0x7C] ^= 0xFF  # i_checksum_lo
+    image.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Filesystem.open(image, verify="warn") as fs:
+            report = extract(fs, tmp_path / "dest")
+    assert not report.errors, report.errors
+    assert report.files == 200
+    assert len([w for w in caught if issubclass(w.category, Ext4Warning)]) == 20
+
+
 @pytest.mark.mount
 @needs_root
 def test_round_trip_kernel_exact(tmp_path: Path) -> None:
