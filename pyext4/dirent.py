@@ -5,8 +5,6 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter
-from typing import Any
 
 from . import _codecs as C
 from . import csum as _csum
@@ -33,6 +31,7 @@ from .errors import (
     NoSpace,
     UnsupportedFeature,
 )
+from .record import Record
 
 __all__ = [
     "DIRENT_HEADER_SIZE", "DIR_TAIL_SIZE", "DX_TAIL_SIZE", "MIN_REC_LEN", "DX_ROOT_COUNT_OFFSET",
@@ -108,18 +107,8 @@ def rec_len_to_disk(length: int, block_size: int) -> int:
     return (length & 65532) | ((length >> 16) & 3)
 
 
-# ----------------------------------------------------------------- values
-# The value classes below are plain classes rather than dataclasses, whose creation
-# costs start-up time; each keeps what the dataclass gave it: the same __init__, a
-# "Name(field=value, ...)" repr, and equality by fields (unhashable, as they are mutable).
-def _repr(obj: Any) -> str:
-    """``Name(field=value, ...)`` over the slots, as a dataclass prints itself."""
-    fields = ", ".join(f"{name}={getattr(obj, name)!r}" for name in obj.__slots__)
-    return f"{type(obj).__qualname__}({fields})"
-
-
 # ----------------------------------------------------------------- entries
-class DirEntry:
+class DirEntry(Record):
     """One directory entry as found in a block (``ino`` 0 means an empty slot)."""
 
     __slots__ = ("ino", "name", "file_type", "offset", "rec_len")
@@ -130,17 +119,6 @@ class DirEntry:
         self.file_type = file_type
         self.offset = offset
         self.rec_len = rec_len
-
-    __repr__ = _repr
-    __hash__ = None  # type: ignore[assignment]
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _dir_entry_fields(self) == _dir_entry_fields(other)
-        return NotImplemented
-
-
-_dir_entry_fields = attrgetter(*DirEntry.__slots__)
 
 
 def has_leaf_tail(raw: Buffer) -> bool:
@@ -877,7 +855,7 @@ def max_htree_levels(large_dir: bool) -> int:
     return 2 if large_dir else 1
 
 
-class DxRoot:
+class DxRoot(Record):
     """A parsed htree root.  ``hashes[0]`` is 0: the first entry has no hash on disk."""
 
     __slots__ = ("dot_ino", "dotdot_ino", "hash_version", "levels", "unused_flags", "limit", "hashes", "blocks",
@@ -905,14 +883,6 @@ class DxRoot:
         self.blocks = blocks
         self.count_offset = count_offset
 
-    __repr__ = _repr
-    __hash__ = None  # type: ignore[assignment]
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _dx_root_fields(self) == _dx_root_fields(other)
-        return NotImplemented
-
     @property
     def count(self) -> int:
         return len(self.blocks)
@@ -923,7 +893,7 @@ class DxRoot:
         return list(zip(self.hashes, self.blocks, strict=True))
 
 
-class DxNode:
+class DxNode(Record):
     """A parsed htree interior node.  ``hashes[0]`` is 0 (its hash lives in the parent)."""
 
     __slots__ = ("limit", "hashes", "blocks", "count_offset")
@@ -936,14 +906,6 @@ class DxNode:
         self.blocks = blocks
         self.count_offset = count_offset
 
-    __repr__ = _repr
-    __hash__ = None  # type: ignore[assignment]
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _dx_node_fields(self) == _dx_node_fields(other)
-        return NotImplemented
-
     @property
     def count(self) -> int:
         return len(self.blocks)
@@ -953,9 +915,6 @@ class DxNode:
         """[(hash, block)], the first hash being 0."""
         return list(zip(self.hashes, self.blocks, strict=True))
 
-
-_dx_root_fields = attrgetter(*DxRoot.__slots__)
-_dx_node_fields = attrgetter(*DxNode.__slots__)
 
 
 def _parse_dx_entries(
@@ -1053,9 +1012,7 @@ def parse_dx_node(
     return DxNode(limit, hashes, blocks)
 
 
-# DxFrame and DxPath are records built and read here and by the writer, never
-# compared; like the dataclasses they were, they have slots, __init__ and a repr.
-class DxFrame:
+class DxFrame(Record):
     """One index block on a lookup path and the entry followed in it."""
 
     __slots__ = ("block", "node", "index")
@@ -1065,10 +1022,9 @@ class DxFrame:
         self.node = node
         self.index = index
 
-    __repr__ = _repr
 
 
-class DxPath:
+class DxPath(Record):
     """Index frames from the root down, and the leaf block they lead to."""
 
     __slots__ = ("frames", "leaf")
@@ -1077,7 +1033,6 @@ class DxPath:
         self.frames = frames
         self.leaf = leaf
 
-    __repr__ = _repr
 
 
 def _descend(

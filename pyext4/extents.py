@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator
-from operator import attrgetter
 from typing import NamedTuple
 
 from . import _codecs as C
 from . import constants as K
 from .csum import extent_block_csum, inode_seed
 from .errors import CorruptError, InvalidOptions, LoopError, TruncatedError
+from .record import FrozenRecord, fill
 
 ReadBlock = Callable[[int], bytes]
 """``read_block(block) -> bytes``: the ``block_size`` bytes of one block of the device."""
@@ -33,10 +33,9 @@ _HDR = C.EXTENT_HEADER
 _EXT = C.EXTENT
 _IDX = C.EXTENT_IDX
 _TAIL = C.EXTENT_TAIL
-_set = object.__setattr__  # how the immutable Extent fills its slots
 
 
-class Extent:
+class Extent(FrozenRecord):
     """A run of ``length`` logical blocks from ``logical`` stored at ``physical`` onward.
 
     ``unwritten`` extents (preallocated, read as zeroes) are stored with ee_len
@@ -44,9 +43,6 @@ class Extent:
     at most 32768.
     """
 
-    # A plain class rather than a frozen dataclass, whose creation costs start-up time.
-    # It keeps what the dataclass gave it: the same __init__, immutability, equality and
-    # hashing by fields, pickling, and the repr "Extent(logical=0, physical=..., ...)".
     __slots__ = ("logical", "physical", "length", "unwritten")
 
     logical: int
@@ -55,31 +51,10 @@ class Extent:
     unwritten: bool
 
     def __init__(self, logical: int, physical: int, length: int, unwritten: bool = False) -> None:
-        _set(self, "logical", logical)
-        _set(self, "physical", physical)
-        _set(self, "length", length)
-        _set(self, "unwritten", unwritten)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[type[Extent], tuple[int, int, int, bool]]:
-        return type(self), _extent_fields(self)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__qualname__}(logical={self.logical!r}, physical={self.physical!r}, "
-                f"length={self.length!r}, unwritten={self.unwritten!r})")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _extent_fields(self) == _extent_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_extent_fields(self))
+        fill(self, "logical", logical)
+        fill(self, "physical", physical)
+        fill(self, "length", length)
+        fill(self, "unwritten", unwritten)
 
     @property
     def end(self) -> int:
@@ -90,9 +65,6 @@ class Extent:
     def physical_end(self) -> int:
         """The first physical block after the extent."""
         return self.physical + self.length
-
-
-_extent_fields = attrgetter(*Extent.__slots__)
 
 
 class ExtentHeader(NamedTuple):

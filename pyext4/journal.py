@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import struct
-from operator import attrgetter
 
 from . import _codecs as C
 from . import constants as K
 from .csum import jbd2_superblock_csum
 from .errors import CorruptError
+from .record import Record
 
 _NAMES = {n: i for i, n in enumerate(C.JOURNAL_SUPERBLOCK_FIELDS)}
 
@@ -23,12 +23,9 @@ FEATURE_NAMES = {
 }
 
 
-class JournalSuperblock:
+class JournalSuperblock(Record):
     """The fields of a jbd2 superblock that tools look at."""
 
-    # A plain class rather than a dataclass, whose creation costs start-up time; it keeps
-    # the dataclass's __init__, "JournalSuperblock(blocktype=4, ...)" repr and equality by
-    # fields (unhashable), and gains __slots__ (nothing sets other attributes on it).
     __slots__ = (
         "blocktype", "block_size", "maxlen", "first", "sequence", "start", "errno", "feature_compat",
         "feature_incompat", "feature_ro_compat", "uuid", "nr_users", "max_transaction", "checksum_type",
@@ -71,17 +68,6 @@ class JournalSuperblock:
         self.num_fc_blocks = num_fc_blocks
         self.checksum = checksum
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__qualname__}({fields})"
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _journal_superblock_fields(self) == _journal_superblock_fields(other)
-        return NotImplemented
-
     @property
     def features(self) -> list[str]:
         names = []
@@ -99,9 +85,6 @@ class JournalSuperblock:
     def needs_replay(self) -> bool:
         """The log holds transactions (s_start != 0)."""
         return self.start != 0
-
-
-_journal_superblock_fields = attrgetter(*JournalSuperblock.__slots__)
 
 
 def parse_superblock(raw: bytes | bytearray | memoryview, *, where: str = "journal superblock") -> JournalSuperblock:

@@ -11,7 +11,6 @@ import warnings
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from operator import attrgetter
 from typing import Any
 
 from . import constants as K
@@ -42,6 +41,7 @@ from .inode import Inode
 from .inode import verify_checksum as inode_checksum_ok
 from .journal import JournalSuperblock
 from .journal import parse_superblock as parse_journal_superblock
+from .record import FrozenRecord, fill
 from .superblock import Superblock
 
 MAX_SYMLINKS = 40
@@ -64,33 +64,7 @@ class Ext4Warning(UserWarning):
 
 
 # ================================================================ values
-# Stat and DirEntry are plain classes rather than frozen dataclasses, whose creation
-# costs start-up time.  Each keeps what the dataclass gave it: the same __init__,
-# immutability (assigning or deleting an attribute raises AttributeError), equality
-# and hashing by fields, pickling, and a "Name(field=value, ...)" repr.
-_set = object.__setattr__
-
-
-class _Frozen:
-    """Immutability, pickling and the repr shared by Stat and DirEntry."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
-        return type(self), tuple(getattr(self, name) for name in self.__slots__)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__qualname__}({fields})"
-
-
-class Stat(_Frozen):
+class Stat(FrozenRecord):
     """What stat() reports for one inode; times in ns since the epoch."""
 
     __slots__ = (
@@ -130,28 +104,20 @@ class Stat(_Frozen):
         st_flags: int,
         st_generation: int,
     ) -> None:
-        _set(self, "st_ino", st_ino)
-        _set(self, "st_mode", st_mode)
-        _set(self, "st_nlink", st_nlink)
-        _set(self, "st_uid", st_uid)
-        _set(self, "st_gid", st_gid)
-        _set(self, "st_size", st_size)
-        _set(self, "st_atime_ns", st_atime_ns)
-        _set(self, "st_mtime_ns", st_mtime_ns)
-        _set(self, "st_ctime_ns", st_ctime_ns)
-        _set(self, "st_birthtime_ns", st_birthtime_ns)
-        _set(self, "st_rdev", st_rdev)
-        _set(self, "st_blocks", st_blocks)
-        _set(self, "st_flags", st_flags)
-        _set(self, "st_generation", st_generation)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _stat_fields(self) == _stat_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_stat_fields(self))
+        fill(self, "st_ino", st_ino)
+        fill(self, "st_mode", st_mode)
+        fill(self, "st_nlink", st_nlink)
+        fill(self, "st_uid", st_uid)
+        fill(self, "st_gid", st_gid)
+        fill(self, "st_size", st_size)
+        fill(self, "st_atime_ns", st_atime_ns)
+        fill(self, "st_mtime_ns", st_mtime_ns)
+        fill(self, "st_ctime_ns", st_ctime_ns)
+        fill(self, "st_birthtime_ns", st_birthtime_ns)
+        fill(self, "st_rdev", st_rdev)
+        fill(self, "st_blocks", st_blocks)
+        fill(self, "st_flags", st_flags)
+        fill(self, "st_generation", st_generation)
 
     @property
     def rdev_major(self) -> int:
@@ -193,9 +159,6 @@ class Stat(_Frozen):
         return out
 
 
-_stat_fields = attrgetter(*Stat.__slots__)
-
-
 def type_name(mode: int) -> str:
     return {
         K.S_IFREG: "file", K.S_IFDIR: "directory", K.S_IFLNK: "symlink", K.S_IFCHR: "char device",
@@ -203,7 +166,7 @@ def type_name(mode: int) -> str:
     }.get(mode & K.S_IFMT, "unknown")
 
 
-class DirEntry(_Frozen):
+class DirEntry(FrozenRecord):
     """One name in a directory, like os.DirEntry: ``name`` and ``path`` are str (surrogateescape)."""
 
     __slots__ = ("name", "path", "ino", "file_type")
@@ -214,18 +177,10 @@ class DirEntry(_Frozen):
     file_type: int  # FT_* from the directory entry (0 when the image has no filetype feature)
 
     def __init__(self, name: str, path: str, ino: int, file_type: int) -> None:
-        _set(self, "name", name)
-        _set(self, "path", path)
-        _set(self, "ino", ino)
-        _set(self, "file_type", file_type)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _dir_entry_fields(self) == _dir_entry_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_dir_entry_fields(self))
+        fill(self, "name", name)
+        fill(self, "path", path)
+        fill(self, "ino", ino)
+        fill(self, "file_type", file_type)
 
     def is_dir(self) -> bool:
         return self.file_type == K.FT_DIR
@@ -241,9 +196,6 @@ class DirEntry(_Frozen):
 
     def __fspath__(self) -> str:
         return self.path
-
-
-_dir_entry_fields = attrgetter(*DirEntry.__slots__)
 
 
 def encode_name(name: str | bytes) -> bytes:
@@ -604,27 +556,11 @@ class Filesystem:
             if quick is not None:
                 result = quick
             else:
-                verify = None
-                if self.metadata_csum and self._checking:
-                    iseed = self._iseed(ino, inode)
-
-                    def verify(block: int, raw: bytes, eh_max: int) -> None:
-                        tail = 12 + 12 * eh_max
-                        if tail + 4 > len(raw):
-                            return
-                        stored = int.from_bytes(raw[tail : tail + 4], "little")
-                        actual = extent_block_csum(iseed, raw, eh_max)
-                        if stored != actual:
-                            self._checksum_problem(
-                                ChecksumError("extent block", expected=stored, actual=actual,
-                                              where=f"{where} block {block}")
-                            )
-
                 result = list(
                     E.walk(
                         inode.block, self.read_block, block_size=self.block_size,
                         blocks_count=geo.blocks_count, first_data_block=geo.first_data_block, ino=ino,
-                        verify=verify,
+                        verify=self._extent_verifier(ino, inode),
                     )
                 )
         else:
@@ -648,6 +584,25 @@ class Filesystem:
                     ]
         self._map_cache.put(ino, result)
         return result
+
+    def _extent_verifier(self, ino: int, inode: Inode) -> Callable[[int, bytes, int], None] | None:
+        """The check of extent blocks' checksums for E.walk/E.scan (None when nothing is checked)."""
+        if not (self.metadata_csum and self._checking):
+            return None
+        iseed = self._iseed(ino, inode)
+
+        def verify(block: int, raw: bytes, eh_max: int) -> None:
+            tail = 12 + 12 * eh_max
+            if tail + 4 > len(raw):
+                return
+            stored = int.from_bytes(raw[tail : tail + 4], "little")
+            actual = extent_block_csum(iseed, raw, eh_max)
+            if stored != actual:
+                self._checksum_problem(
+                    ChecksumError("extent block", expected=stored, actual=actual, where=f"inode {ino} block {block}")
+                )
+
+        return verify
 
     # Fast paths for the common small cases (a leaf in i_block; direct block pointers only).  They
     # accept only what is plainly valid and return None otherwise, so that extents.py / blockmap.py

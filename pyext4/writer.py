@@ -38,7 +38,7 @@ from .blockmap import capacity as blockmap_capacity
 from .blockmap import meta_blocks as blockmap_meta
 from .blockmap import meta_needed as blockmap_meta_needed
 from .blockmap import walk as blockmap_walk
-from .csum import bitmap_csum, extent_block_csum, inode_seed
+from .csum import bitmap_csum, inode_seed
 from .errors import (
     ChecksumError,
     CorruptError,
@@ -877,23 +877,9 @@ class WritableFilesystem(Filesystem):
         if inode.is_device() or inode.file_type in (K.S_IFIFO, K.S_IFSOCK):
             return [], []
         if inode.has_extents():
-            verify = None
-            if self.metadata_csum and self._checking:
-                iseed = inode_seed(self.seed, ino, inode.generation)
-
-                def verify(block: int, raw: bytes, eh_max: int) -> None:
-                    tail = 12 + 12 * eh_max
-                    if tail + 4 > len(raw):
-                        return
-                    stored = int.from_bytes(raw[tail : tail + 4], "little")
-                    actual = extent_block_csum(iseed, raw, eh_max)
-                    if stored != actual:
-                        self._checksum_problem(ChecksumError("extent block", expected=stored, actual=actual,
-                                                             where=f"inode {ino} block {block}"))
-
             extents, tree = E.scan(
                 inode.block, self.read_block, block_size=self.block_size, blocks_count=geo.blocks_count,
-                first_data_block=geo.first_data_block, ino=ino, verify=verify,
+                first_data_block=geo.first_data_block, ino=ino, verify=self._extent_verifier(ino, inode),
             )
             return extents, tree
         # The whole map, not just up to i_size as extents_of reads it: blocks past the end (allowed

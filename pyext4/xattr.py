@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter
-from typing import Any
 
 from . import _codecs as C
 from . import constants as K
 from .csum import crc32c_raw, xattr_block_csum
 from .errors import ChecksumError, CorruptError, InvalidOptions, NoSpace
+from .record import FrozenRecord, fill
 
 __all__ = [
     "ACL_GROUP", "ACL_GROUP_OBJ", "ACL_MASK", "ACL_OTHER", "ACL_USER", "ACL_USER_OBJ",
@@ -122,35 +121,8 @@ def encode_name(full_name: str | bytes) -> tuple[int, bytes]:
     return 0, raw
 
 
-# ----------------------------------------------------------------- values
-# The value classes below are plain classes rather than frozen dataclasses, whose
-# creation costs start-up time.  Each keeps what the dataclass gave it: the same
-# __init__, immutability (assigning or deleting an attribute raises AttributeError),
-# equality and hashing by fields, pickling, and a "Name(field=value, ...)" repr.
-_set = object.__setattr__
-
-
-class _Frozen:
-    """Immutability, pickling and the repr shared by the value classes below."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
-        return type(self), tuple(getattr(self, name) for name in self.__slots__)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__qualname__}({fields})"
-
-
 # ----------------------------------------------------------------- entries
-class XattrEntry(_Frozen):
+class XattrEntry(FrozenRecord):
     """One extended attribute as stored: (name_index, name) plus either a value or an EA inode.
 
     ``value`` holds the value when it lives beside the entry; when ``value_inum`` is set the
@@ -159,6 +131,7 @@ class XattrEntry(_Frozen):
     """
 
     __slots__ = ("name_index", "name", "value", "value_inum", "value_size", "e_hash")
+    _compare = ("name_index", "name", "value", "value_inum", "value_size")  # not e_hash
 
     name_index: int
     name: bytes
@@ -185,20 +158,12 @@ class XattrEntry(_Frozen):
             value_size = len(value)
         elif value_size != len(value):
             raise InvalidOptions(f"value_size {value_size} != len(value) {len(value)}")
-        _set(self, "name_index", name_index)
-        _set(self, "name", name)
-        _set(self, "value", value)
-        _set(self, "value_inum", value_inum)
-        _set(self, "value_size", value_size)
-        _set(self, "e_hash", e_hash)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _xattr_entry_fields(self) == _xattr_entry_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_xattr_entry_fields(self))
+        fill(self, "name_index", name_index)
+        fill(self, "name", name)
+        fill(self, "value", value)
+        fill(self, "value_inum", value_inum)
+        fill(self, "value_size", value_size)
+        fill(self, "e_hash", e_hash)
 
     @classmethod
     def from_name(cls, full_name: str | bytes, value: bytes) -> XattrEntry:
@@ -225,9 +190,6 @@ class XattrEntry(_Frozen):
     @property
     def in_ea_inode(self) -> bool:
         return self.value_inum != 0
-
-
-_xattr_entry_fields = attrgetter("name_index", "name", "value", "value_inum", "value_size")  # not e_hash
 
 
 def ea_inode_entry(name_index: int, name: bytes, value_inum: int, value_size: int, value_hash: int) -> XattrEntry:
@@ -442,7 +404,7 @@ def parse_ibody(
     return _parse_entries(buf, 4, len(buf), 4, where=where, verify_hashes=verify_hashes, allow_zero_hash=True)
 
 
-class XattrBlock(_Frozen):
+class XattrBlock(FrozenRecord):
     """A parsed xattr block: header fields and entries in table order."""
 
     __slots__ = ("refcount", "hash", "checksum", "entries")
@@ -453,21 +415,10 @@ class XattrBlock(_Frozen):
     entries: tuple[XattrEntry, ...]
 
     def __init__(self, refcount: int, hash: int, checksum: int, entries: tuple[XattrEntry, ...]) -> None:
-        _set(self, "refcount", refcount)
-        _set(self, "hash", hash)
-        _set(self, "checksum", checksum)
-        _set(self, "entries", entries)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _xattr_block_fields(self) == _xattr_block_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_xattr_block_fields(self))
-
-
-_xattr_block_fields = attrgetter(*XattrBlock.__slots__)
+        fill(self, "refcount", refcount)
+        fill(self, "hash", hash)
+        fill(self, "checksum", checksum)
+        fill(self, "entries", entries)
 
 
 def parse_block(
@@ -614,7 +565,7 @@ def build_block(entries: Sequence[XattrEntry], block_size: int, *, refcount: int
 
 
 # --------------------------------------------------------------- placement
-class StoragePlan(_Frozen):
+class StoragePlan(FrozenRecord):
     """Where each attribute goes: ``ibody`` (input order), ``block`` (block order) and the keys of
     values that must move to an EA inode (replace those entries with ea_inode_entry before building)."""
 
@@ -627,23 +578,12 @@ class StoragePlan(_Frozen):
     def __init__(
         self, ibody: tuple[XattrEntry, ...], block: tuple[XattrEntry, ...], ea_inode: frozenset[tuple[int, bytes]]
     ) -> None:
-        _set(self, "ibody", ibody)
-        _set(self, "block", block)
-        _set(self, "ea_inode", ea_inode)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _storage_plan_fields(self) == _storage_plan_fields(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(_storage_plan_fields(self))
+        fill(self, "ibody", ibody)
+        fill(self, "block", block)
+        fill(self, "ea_inode", ea_inode)
 
     def needs_ea_inode(self, entry: XattrEntry) -> bool:
         return entry.key in self.ea_inode
-
-
-_storage_plan_fields = attrgetter(*StoragePlan.__slots__)
 
 
 def plan_storage(
